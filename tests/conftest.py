@@ -1,0 +1,72 @@
+"""Shared fixtures: environment for offline CPU runs, and real WebDataset shards of photos."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = REPO.parent / "shared" / "golden"
+
+# Offline, CPU-only defaults for every test (set before heavy imports happen in tests).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def real_photos() -> list[np.ndarray]:
+    """Lossless real photographs shipped in the scikit-image wheel (HxWx3 uint8)."""
+    from skimage import data
+
+    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.motorcycle()[0]]
+
+
+def write_shards(out: Path, images: list[np.ndarray], per_shard: int, prefix: str = "hr", ext: str = "png") -> list[Path]:
+    """Write ``images`` as WebDataset tar shards (image bytes + json), the format pack.py writes."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for s in range(0, len(images), per_shard):
+        path = out / f"{prefix}-{s // per_shard:06d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i, img in enumerate(images[s:s + per_shard], start=s):
+                buf = io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG" if ext == "png" else "JPEG", quality=95)
+                meta = json.dumps({"source": f"img{i}", "width": img.shape[1], "height": img.shape[0]}).encode()
+                for name, payload in ((f"{i:08d}.{ext}", buf.getvalue()), (f"{i:08d}.json", meta)):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        paths.append(path)
+    (out / "sizes.json").write_text(json.dumps({p.name: min(per_shard, len(images) - i * per_shard)
+                                                for i, p in enumerate(paths)}))
+    return paths
+
+
+@pytest.fixture
+def photo_shards(tmp_path: Path) -> list[Path]:
+    """Four shards of 128-256 px crops of real photos (20 samples)."""
+    rng = np.random.default_rng(0)
+    crops = []
+    for photo in real_photos():
+        h, w = photo.shape[:2]
+        for _ in range(4):
+            size = int(rng.integers(128, 257))
+            y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+            crops.append(np.ascontiguousarray(photo[y:y + size, x:x + size, :3]))
+    return write_shards(tmp_path / "shards", crops, per_shard=5)
+
+
+@pytest.fixture
+def golden_dir() -> Path:
+    """``shared/golden`` beside the checkout; tests skip with a reason when it is absent."""
+    if not GOLDEN.is_dir():
+        pytest.skip(f"golden tensors not found at {GOLDEN} (shared/ is not beside this checkout)")
+    return GOLDEN

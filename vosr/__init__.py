@@ -1,0 +1,1 @@
+"""vosr: vision-only generative super-resolution."""

@@ -1,0 +1,302 @@
+"""The typed run configuration: one ``kw_only`` dataclass per component, nested in ``RunConfig``.
+
+Every field documents its unit. Cross-field checks live in ``__post_init__`` and raise
+``ValueError`` naming the dotted key to change, so a bad config fails before any GPU work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from vosr.config.degradation import DegradationConfig
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    preset: str = "tiny"
+    """Architecture preset of ``vosr.models.dit.PRESETS``: tiny, 0.5B or 1.4B."""
+    hidden_size: int | None = None
+    """Override the preset's width D (channels)."""
+    depth: int | None = None
+    """Override the preset's number of blocks."""
+    num_heads: int | None = None
+    """Override the preset's number of attention heads."""
+    patch_size: int = 2
+    """Latent pixels per token side."""
+    with_r: bool = False
+    """Build the second time input ``r`` (the one-step student)."""
+    grad_checkpointing: bool = False
+    """Recompute each block in backward (activation checkpointing) to save memory."""
+    compile: bool = False
+    """Wrap the transformer blocks with ``torch.compile``."""
+    init_from: str | None = None
+    """Optional ``.safetensors`` (released VOSR keys or our export) to start from."""
+
+    def __post_init__(self) -> None:
+        _check(self.patch_size >= 1, f"model.patch_size must be >= 1, got {self.patch_size}")
+
+
+@dataclass(kw_only=True)
+class AutoencoderConfig:
+    kind: Literal["pixel", "sd_vae", "qwen_image"] = "pixel"
+    """Latent space: raw pixels (optionally space-to-depth), SD-2.1 VAE or Qwen-Image 2-D VAE."""
+    path: str | None = None
+    """Local diffusers folder or single ``.safetensors`` of the VAE (required unless pixel)."""
+    decoder_path: str | None = None
+    """Optional lighter decoder (the released 0.5B model's) replacing the VAE decoder."""
+    scaling_factor: float | None = None
+    """Latent = (sample - shift) * scale; None takes the model's own (0.18215 for SD-2.1)."""
+    pixel_unshuffle: int = 1
+    """Pixel space only: space-to-depth factor (1 = plain RGB latent)."""
+    tile_size: int = 512
+    """Inference: largest image side (pixels) encoded/decoded in one piece."""
+    tile_overlap: int = 64
+    """Inference: overlap (pixels) between encoder/decoder tiles."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind == "pixel" or self.path is not None,
+               f"autoencoder.path is required for autoencoder.kind={self.kind} "
+               "(a local diffusers folder or .safetensors file)")
+        _check(self.pixel_unshuffle >= 1, "autoencoder.pixel_unshuffle must be >= 1")
+        _check(0 <= self.tile_overlap < self.tile_size,
+               "autoencoder.tile_overlap must be in [0, autoencoder.tile_size)")
+
+
+@dataclass(kw_only=True)
+class SemanticConfig:
+    kind: Literal["none", "timm"] = "timm"
+    """Frozen vision encoder giving semantic tokens; ``none`` drops the cross-attention."""
+    timm_name: str = "vit_base_patch14_dinov2"
+    """timm architecture name (DINOv2 ViT-B/14 for 0.5B, ViT-L/14 for 1.4B)."""
+    path: str | None = None
+    """Local weights file (.safetensors/.pth); required unless random_init."""
+    random_init: bool = False
+    """Use random weights on purpose (tests and pixel-space demos only)."""
+    block_index: int = 8
+    """Take the raw output of this block (8 for ViT-B, 17 for ViT-L), patch tokens only."""
+    input_size: int = 448
+    """Square input side in pixels (448 -> 32x32 tokens for patch 14)."""
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Extra ``timm.create_model`` arguments (e.g. depth, embed_dim for tiny test encoders)."""
+
+    def __post_init__(self) -> None:
+        _check(self.kind == "none" or self.random_init or self.path is not None,
+               "semantic.path is required (local DINOv2 weights file); "
+               "set semantic.random_init=true only for tests, or semantic.kind=none")
+        _check(self.block_index >= 0, "semantic.block_index must be >= 0")
+
+
+@dataclass(kw_only=True)
+class FlowConfig:
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    """How training times t in (0, 1) are drawn."""
+    logit_mean: float = 0.0
+    """Logit-normal mean (time_sampling=logit_normal)."""
+    logit_std: float = 1.0
+    """Logit-normal standard deviation."""
+    cond_noise_mean: float = 5.0
+    """Condition keep-ratio a = sigmoid(N(mean, std)) for spherical LQ-latent noise."""
+    cond_noise_std: float = 1.0
+    """Standard deviation of that normal."""
+    cfg_ratio: float = 0.1
+    """Fraction of samples given the weak anchor w*lq and zero semantic tokens."""
+    weak_min: float = 0.05
+    """Lower end of the weak-anchor weight w ~ U[weak_min, weak_max] in training."""
+    weak_max: float = 0.25
+    """Upper end of the weak-anchor weight."""
+    sample_steps: int = 25
+    """Euler steps of the multi-step sampler."""
+    guidance: float = 1.0
+    """Guidance s in v_weak + s (v_cond - v_weak); the paper uses -0.5 on RealSR, 0.5 on ScreenSR."""
+    weak_anchor: float = 0.15
+    """Weak-anchor weight w used by the sampler's weak branch (mid-range by default)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.cfg_ratio <= 1.0, f"flow.cfg_ratio must be in [0, 1], got {self.cfg_ratio}")
+        _check(0.0 <= self.weak_min <= self.weak_max <= 1.0,
+               "flow.weak_min <= flow.weak_max must both lie in [0, 1]")
+        _check(self.sample_steps >= 1, "flow.sample_steps must be >= 1")
+        _check(self.logit_std > 0 and self.cond_noise_std >= 0, "flow.*_std must be positive")
+
+
+@dataclass(kw_only=True)
+class DistillConfig:
+    teacher: str | None = None
+    """Teacher weights: an exported ``ema.safetensors`` or a run/checkpoint folder."""
+    objective: Literal["rcgm", "shortcut"] = "rcgm"
+    """Target for the (t, r) consistency term."""
+    delta: float = 0.01
+    """RCGM: small step delta."""
+    num_substeps: int = 2
+    """RCGM: sub-steps N over [t_m, r]."""
+    u_weight: float = 1.0
+    """lambda: weight of the (t, r) term against the r = t term."""
+    guidance: float = 0.5
+    """omega of the guided teacher velocity."""
+    guidance_t_start: float | None = None
+    """Apply omega only for t in [start, end] (1 outside); None = everywhere."""
+    guidance_t_end: float | None = None
+    """End of that window."""
+    weak_anchor: float = 0.1
+    """Fixed weak-anchor weight w for lq_weak."""
+    correction_clamp: float = 1.0
+    """RCGM correction is clamped to [-c, c]."""
+    lpips_weight: float = 0.0
+    """Optional LPIPS term on the one-step decode (0 = off)."""
+
+    def __post_init__(self) -> None:
+        _check(self.delta > 0, "distill.delta must be > 0")
+        _check(self.num_substeps >= 1, "distill.num_substeps must be >= 1")
+        _check((self.guidance_t_start is None) == (self.guidance_t_end is None),
+               "distill.guidance_t_start and distill.guidance_t_end must be set together")
+
+
+@dataclass(kw_only=True)
+class DataSource:
+    shards: str
+    """Shard glob, brace pattern (``a-{000000..000009}.tar``) or folder of ``*.tar``."""
+    weight: float = 1.0
+    """Relative sampling weight in the mix."""
+
+    def __post_init__(self) -> None:
+        _check(self.weight > 0, f"data source {self.shards}: weight must be > 0")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    train: list[DataSource] = field(default_factory=list)
+    """Training mix: shard sources with weights."""
+    mix_file: str | None = None
+    """Optional text file of the reference's ``path, weight`` lines, added to ``train``."""
+    val: str | None = None
+    """Validation shards (fixed, not resampled); None = no validation."""
+    val_size: int = 8
+    """Validation images taken from ``val``."""
+    crop_size: int = 512
+    """HR crop side in pixels."""
+    scale: int = 4
+    """Super-resolution factor (HR side / LR side)."""
+    batch_size: int = 4
+    """Micro-batch per rank (images)."""
+    num_workers: int = 4
+    """Decoding worker processes per rank."""
+    shuffle_buffer: int = 1000
+    """Sample shuffle buffer (samples) per worker."""
+    flip: bool = True
+    """Random horizontal/vertical flips of crops."""
+
+    def __post_init__(self) -> None:
+        _check(self.crop_size % self.scale == 0,
+               f"data.crop_size={self.crop_size} is not a multiple of data.scale={self.scale}")
+        _check(self.batch_size >= 1 and self.num_workers >= 0, "data.batch_size >= 1, data.num_workers >= 0")
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    lr: float = 5e-5
+    """AdamW learning rate after warm-up (constant)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip (0 = off)."""
+    warmup_steps: int = 0
+    """Linear LR warm-up (optimizer steps)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    max_steps: int = 400_000
+    """Optimizer steps of the run."""
+    ema_decay: float = 0.9999
+    """EMA decay per optimizer step (fp32)."""
+    ema_warmup: bool = True
+    """Use min(decay, (1 + n) / (10 + n)) so early EMA tracks the model."""
+    max_nonfinite: int = 20
+    """Stop the run after this many skipped steps with a non-finite loss."""
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(self.grad_accum >= 1 and self.max_steps >= 1, "optim.grad_accum and optim.max_steps must be >= 1")
+        _check(0.0 <= self.ema_decay < 1.0, "optim.ema_decay must be in [0, 1)")
+
+
+@dataclass(kw_only=True)
+class EngineConfig:
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    """DeepSpeed ZeRO stage."""
+    precision: Literal["bf16", "fp32"] = "bf16"
+    """Compute precision of the trained model (master weights stay fp32)."""
+    global_batch_size: int | None = None
+    """If set, must equal data.batch_size x optim.grad_accum x world size."""
+    deterministic: bool = False
+    """Deterministic algorithms (slower)."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """Process-group backend; auto = nccl on GPU, gloo on CPU."""
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    every_steps: int = 1000
+    """Save every N optimizer steps (and on preemption and at the end)."""
+    keep_latest: int = 3
+    """Complete checkpoints kept (>= 2 so one survives a crash during a save)."""
+    resume: str = "auto"
+    """auto = newest complete checkpoint of the run dir, none, or a checkpoint folder."""
+    export_ema: bool = True
+    """Write ``ema.safetensors`` (consolidated, for inference) with each save."""
+
+    def __post_init__(self) -> None:
+        _check(self.keep_latest >= 2, "checkpoint.keep_latest must be >= 2 so a crash mid-save "
+               "leaves a complete checkpoint")
+        _check(self.every_steps >= 1, "checkpoint.every_steps must be >= 1")
+
+
+@dataclass(kw_only=True)
+class LogConfig:
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    """wandb mode; offline needs no network."""
+    project: str = "vosr"
+    """wandb project."""
+    every_steps: int = 10
+    """Log scalars every N steps."""
+    val_every: int = 1000
+    """Validate (metrics + image grid) every N steps; 0 = never."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    stage: Literal["teacher", "distill"] = "teacher"
+    """Which run this config drives."""
+    name: str | None = None
+    """Run name; default = the config file's stem."""
+    run_dir: str | None = None
+    """Output folder; default runs/<name>-<timestamp>. Reuse it to resume."""
+    seed: int = 0
+    """Global seed; rank r uses seed + r."""
+    degradation: DegradationConfig
+    """Second-order Real-ESRGAN parameters (usually a path to configs/degradation/*.yaml)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.stage != "distill" or self.distill.teacher is not None,
+               "distill.teacher is required for stage=distill (the teacher's ema.safetensors)")
+        _check(self.data.scale == self.degradation.scale,
+               f"data.scale={self.data.scale} differs from degradation.scale={self.degradation.scale}")
