@@ -26,7 +26,7 @@ def real_photos() -> list[np.ndarray]:
     """Lossless real photographs shipped in the scikit-image wheel (HxWx3 uint8)."""
     from skimage import data
 
-    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.motorcycle()[0]]
+    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.stereo_motorcycle()[0]]
 
 
 def write_shards(out: Path, images: list[np.ndarray], per_shard: int, prefix: str = "hr", ext: str = "png") -> list[Path]:

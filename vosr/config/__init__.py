@@ -2,8 +2,18 @@
 from vosr.config.core import ConfigError, apply_overrides, from_dict, load, read_yaml, resolve_path, save_yaml, to_dict
 from vosr.config.degradation import DegradationConfig
 from vosr.config.run import (
-    AutoencoderConfig, CheckpointConfig, DataConfig, DataSource, DistillConfig, EngineConfig, FlowConfig,
-    LogConfig, ModelConfig, OptimConfig, RunConfig, SemanticConfig,
+    AutoencoderConfig,
+    CheckpointConfig,
+    DataConfig,
+    DataSource,
+    DistillConfig,
+    EngineConfig,
+    FlowConfig,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    SemanticConfig,
 )
 
 

@@ -43,6 +43,12 @@ class BlurConfig:
     """Shape beta range of plateau kernels."""
     sinc_prob: float
     """Probability of a sinc (ringing) kernel instead of a Gaussian one."""
+    sinc_cutoff: tuple[float, float]
+    """Sinc cutoff frequency range in radians (pi = Nyquist) for kernel sizes >= sinc_small_size."""
+    sinc_cutoff_small: tuple[float, float]
+    """Sinc cutoff range in radians for kernel sizes < sinc_small_size (a small kernel cannot hold a low cutoff)."""
+    sinc_small_size: int
+    """Kernel size below which sinc_cutoff_small is used (13 in Real-ESRGAN)."""
 
     def __post_init__(self) -> None:
         _check(all(k % 2 == 1 and k >= 3 for k in self.kernel_sizes) and self.kernel_sizes,
@@ -52,6 +58,8 @@ class BlurConfig:
         _check_range("blur beta_gaussian", self.beta_gaussian, 1e-3)
         _check_range("blur beta_plateau", self.beta_plateau, 1e-3)
         _check(0 <= self.prob <= 1 and 0 <= self.sinc_prob <= 1, "blur prob and sinc_prob must lie in [0, 1]")
+        _check_range("blur sinc_cutoff", self.sinc_cutoff, 1e-3)
+        _check_range("blur sinc_cutoff_small", self.sinc_cutoff_small, 1e-3)
 
 
 @dataclass(kw_only=True)
@@ -98,7 +106,8 @@ class JpegConfig:
     """JPEG quality range (1-100)."""
 
     def __post_init__(self) -> None:
-        _check(1 <= self.quality[0] <= self.quality[1] <= 100, f"jpeg quality must lie in [1, 100], got {list(self.quality)}")
+        _check(1 <= self.quality[0] <= self.quality[1] <= 100,
+               f"jpeg quality must lie in [1, 100], got {list(self.quality)}")
 
 
 @dataclass(kw_only=True)
@@ -119,6 +128,10 @@ class DegradationConfig:
     """Probability of the final sinc filter applied with the resize to HR / scale."""
     final_sinc_kernel_sizes: list[int]
     """Odd kernel sizes of that final sinc filter."""
+    final_sinc_cutoff: tuple[float, float]
+    """Cutoff frequency range in radians (pi = Nyquist) of that final sinc filter."""
+    antialias: bool
+    """Antialias bilinear/bicubic downscaling (Real-ESRGAN: false; true makes an all-off config plain bicubic)."""
     final_resize_mode_probs: list[float]
     """Weights of area, bilinear, bicubic for the resize to HR / scale."""
     upsample_mode_probs: list[float]
@@ -130,3 +143,6 @@ class DegradationConfig:
                "degradation second_order_prob and final_sinc_prob must lie in [0, 1]")
         _check_probs("degradation.final_resize_mode_probs", self.final_resize_mode_probs, 3)
         _check_probs("degradation.upsample_mode_probs", self.upsample_mode_probs, 3)
+        _check(all(k % 2 == 1 and k >= 3 for k in self.final_sinc_kernel_sizes) and self.final_sinc_kernel_sizes,
+               f"degradation.final_sinc_kernel_sizes must be odd and >= 3, got {self.final_sinc_kernel_sizes}")
+        _check_range("degradation.final_sinc_cutoff", self.final_sinc_cutoff, 1e-3)

@@ -251,6 +251,9 @@ class CheckpointConfig:
     """auto = newest complete checkpoint of the run dir, none, or a checkpoint folder."""
     export_ema: bool = True
     """Write ``ema.safetensors`` (consolidated, for inference) with each save."""
+    replay_data: bool = False
+    """On resume, replay the data stream and skip the batches already used (bit-exact resume, slow for
+    long runs) instead of reseeding the stream with the restart count (the default on clusters)."""
 
     def __post_init__(self) -> None:
         _check(self.keep_latest >= 2, "checkpoint.keep_latest must be >= 2 so a crash mid-save "

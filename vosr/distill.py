@@ -1,0 +1,86 @@
+"""``python -m vosr.distill --config CONFIG [key=value ...]``: distil the teacher into a one-step student.
+
+The student is the teacher's architecture plus the ``r`` time input, initialised from the
+teacher's EMA export (the new ``r_embedder`` keeps its own initialisation); the teacher is
+frozen, in ``eval()``, outside the optimizer and ZeRO partitioning, in bf16 on GPUs. The
+objective (RCGM or shortcut targets, METHOD.md §5) lives in ``vosr.distill_objective``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from vosr.config import RunConfig
+from vosr.distill_objective import distill_loss
+from vosr.export import load_export
+from vosr.flow import sample_euler, sample_one_step
+from vosr.loop import run_training
+from vosr.models.weights import load_vosr_weights
+from vosr.trainer import FrozenParts, Objective, build_model, load_cli_config, model_flops
+
+logger = logging.getLogger(__name__)
+
+STUDENT_ONLY_KEYS = ("r_embedder.",)
+
+
+def teacher_weights_path(source: str) -> Path:
+    """``distill.teacher`` may name the export itself or the teacher's run folder."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / "ema.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"distill.teacher={source}: no teacher weights at {path} "
+                                "(give the teacher run's ema.safetensors or its run folder)")
+    return path
+
+
+def build_teacher_and_student(cfg: RunConfig, parts: FrozenParts,
+                              device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Frozen teacher and a student that starts from the teacher's EMA weights."""
+    weights, teacher_cfg = load_export(teacher_weights_path(cfg.distill.teacher))
+    if teacher_cfg is not None and teacher_cfg.model.preset != cfg.model.preset:
+        logger.warning("teacher preset %s differs from model.preset=%s; shapes decide",
+                       teacher_cfg.model.preset, cfg.model.preset)
+    teacher = build_model(cfg, parts, with_r=False)
+    load_vosr_weights(teacher, weights)
+    teacher.requires_grad_(False).eval()
+    teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" and cfg.engine.precision == "bf16" else None)
+    student = build_model(cfg, parts, with_r=True)
+    load_vosr_weights(student, weights, allow_missing=STUDENT_ONLY_KEYS)
+    return teacher, student
+
+
+def student_objective(cfg: RunConfig, teacher: nn.Module, student: nn.Module, parts: FrozenParts) -> Objective:
+    flow, dist = cfg.flow, cfg.distill
+    # Per sample: 2 teacher forwards, 2 student forwards with backward (x3), RCGM: N sub-steps + nothing else.
+    no_grad_student = dist.num_substeps if dist.objective == "rcgm" else 2
+    return Objective(
+        name="student",
+        loss=lambda m, z_hq, z_lq, sem, gen: distill_loss(m, teacher, z_hq, z_lq, sem, flow, dist, gen),
+        sample=lambda m, z_lq, sem, noise: sample_one_step(m, z_lq, sem, noise),
+        extra_samplers={"teacher": lambda m, z_lq, sem, noise: sample_euler(
+            teacher, z_lq, sem, noise, steps=flow.sample_steps, guidance=flow.guidance, weak_anchor=flow.weak_anchor)},
+        flops_per_image=model_flops(student, cfg, parts, forward_passes=2 + 2 * 3 + no_grad_student),
+    )
+
+
+def build_distill(cfg: RunConfig, parts: FrozenParts, device: torch.device) -> tuple[nn.Module, Objective]:
+    teacher, student = build_teacher_and_student(cfg, parts, device)
+    return student, student_objective(cfg, teacher, student, parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; ``argv`` as for the command line."""
+    cfg = load_cli_config(argv, "Distil a VOSR teacher into a one-step student (RCGM or shortcut).")
+    if cfg.stage != "distill":
+        raise SystemExit(f"config has stage={cfg.stage}; use python -m vosr.train, or set stage=distill")
+    teacher_weights_path(cfg.distill.teacher)  # fail before any heavy work
+    return run_training(cfg, build_distill)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

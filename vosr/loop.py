@@ -1,0 +1,242 @@
+"""``run_training``: set up the world, resume, and step until done or preempted."""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from vosr.config import RunConfig, save_yaml, to_dict
+from vosr.data.stream import build_train_stream
+from vosr.export import save_export
+from vosr.runtime import distributed
+from vosr.runtime.checkpoint import Checkpointer
+from vosr.runtime.engine import TrainEngine, seed_everything
+from vosr.runtime.metrics import MetricsLogger, setup_logging
+from vosr.runtime.perf import StepTimer, memory_stats, peak_flops
+from vosr.runtime.preemption import EXIT_PREEMPTED, PreemptionFlag
+from vosr.trainer import (
+    FrozenParts,
+    Objective,
+    batches,
+    build_frozen_parts,
+    make_generators,
+    resolve_run_dir,
+    setup_world,
+)
+from vosr.validation import Validator
+
+logger = logging.getLogger(__name__)
+
+BuildFn = Callable[[RunConfig, FrozenParts, torch.device], tuple[nn.Module, Objective]]
+
+
+@dataclass(kw_only=True)
+class TrainState:
+    """What the loop needs to carry on after a restart (saved as ``train`` in checkpoints)."""
+
+    step: int = 0
+    images: int = 0
+    nonfinite: int = 0
+    restart: int = 0
+    data_batches: int = 0
+    wandb_id: str | None = None
+
+
+@dataclass(kw_only=True)
+class Run:
+    """Everything one training run holds, handed between the loop's phases."""
+
+    cfg: RunConfig
+    info: distributed.WorldInfo
+    device: torch.device
+    run_dir: Path
+    parts: FrozenParts
+    engine: TrainEngine
+    objective: Objective
+    checkpointer: Checkpointer
+    generators: dict[str, torch.Generator]
+    state: TrainState
+    metrics: MetricsLogger
+    validator: Validator | None
+    eval_model: nn.Module | None
+
+
+def run_training(cfg: RunConfig, build: BuildFn) -> int:
+    """Train ``cfg`` with the model/objective from ``build``; returns 0 or ``EXIT_PREEMPTED``."""
+    info, device = setup_world(cfg)
+    try:
+        run = _setup(cfg, build, info, device)
+        try:
+            return _loop(run)
+        finally:
+            run.metrics.close()
+    finally:
+        distributed.destroy()
+
+
+def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: torch.device) -> Run:
+    run_dir = resolve_run_dir(cfg, info.rank)
+    setup_logging(run_dir, info.rank)
+    if info.is_main:
+        save_yaml(cfg, run_dir / "config.yaml")
+    seed_everything(cfg.seed, info.rank)
+    generators = make_generators(cfg, info.rank, device)
+    parts = build_frozen_parts(cfg, device)
+    model, objective = build(cfg, parts, device)
+    validate = cfg.data.val is not None and cfg.log.val_every > 0
+    eval_model = copy.deepcopy(model).requires_grad_(False).eval() if validate and info.is_main else None
+    engine = TrainEngine(model, cfg.engine, cfg.optim, micro_batch=cfg.data.batch_size, world=info, device=device)
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep_latest, info.rank)
+    state = _resume(cfg, engine, checkpointer, generators)
+    metrics = MetricsLogger(cfg.log, run_dir=run_dir, rank=info.rank, run_id=state.wandb_id, name=cfg.name or cfg.stage,
+                            config=to_dict(cfg))
+    state.wandb_id = distributed.broadcast_object(metrics.run_id)
+    validator = Validator(cfg, parts, device, run_dir) if validate and info.is_main else None
+    return Run(cfg=cfg, info=info, device=device, run_dir=run_dir, parts=parts, engine=engine, objective=objective,
+               checkpointer=checkpointer, generators=generators, state=state, metrics=metrics, validator=validator,
+               eval_model=eval_model)
+
+
+def _resume(cfg: RunConfig, engine: TrainEngine, checkpointer: Checkpointer,
+            generators: dict[str, torch.Generator]) -> TrainState:
+    if cfg.checkpoint.resume == "none":
+        return TrainState()
+    folder = checkpointer.latest() if cfg.checkpoint.resume == "auto" else Path(cfg.checkpoint.resume)
+    if folder is None:
+        logger.info("no checkpoint to resume from: starting at step 0")
+        return TrainState()
+    saved = checkpointer.load(engine, folder, generators)
+    state = TrainState(**saved["train"])
+    state.restart += 1
+    logger.info("resumed from %s at step %d (restart %d, %d images seen)", folder, state.step, state.restart, state.images)
+    return state
+
+
+def _loop(run: Run) -> int:
+    cfg, state, info = run.cfg, run.state, run.info
+    replay = cfg.checkpoint.replay_data
+    stream = build_train_stream(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed,
+                                restart=0 if replay else state.restart)
+    data = batches(stream, state.data_batches if replay else 0)
+    if not replay:
+        state.data_batches = 0
+    flag = PreemptionFlag().install()
+    timer, window = StepTimer(), defaultdict(float)
+    bar = tqdm(initial=state.step, total=cfg.optim.max_steps, disable=not (info.is_main and cfg.log.progress),
+               desc=cfg.stage, dynamic_ncols=True)
+    try:
+        while state.step < cfg.optim.max_steps:
+            for key, value in _train_step(run, data, timer).items():
+                window[key] += value
+            window["_n"] += 1
+            bar.update(1)
+            if state.step % cfg.log.every_steps == 0 or state.step == cfg.optim.max_steps:
+                _log(run, window, timer, bar, stream)
+                window.clear()
+            if cfg.log.val_every and state.step % cfg.log.val_every == 0:
+                _validate(run)
+            preempted = distributed.any_rank(flag.requested, run.device)
+            if preempted or state.step % cfg.checkpoint.every_steps == 0 or state.step == cfg.optim.max_steps:
+                _save(run)
+            if preempted:
+                logger.warning("preempted (%s) at step %d: checkpoint saved, exiting for requeue",
+                               flag.signal_name or "another rank", state.step)
+                return EXIT_PREEMPTED
+    finally:
+        bar.close()
+        flag.uninstall()
+    logger.info("finished %d steps; weights in %s", state.step, run.run_dir / "ema.safetensors")
+    return 0
+
+
+def _train_step(run: Run, data, timer: StepTimer) -> dict[str, float]:
+    """One optimizer step over ``grad_accum`` finite micro-batches; returns summed loss stats."""
+    cfg, state, engine = run.cfg, run.state, run.engine
+    totals: dict[str, float] = defaultdict(float)
+    done = 0
+    while done < cfg.optim.grad_accum:
+        t0 = time.perf_counter()
+        batch = next(data)
+        state.data_batches += 1
+        hr = batch["hr"].to(run.device, non_blocking=True)
+        timer.add_data(time.perf_counter() - t0)
+        z_hq, z_lq, sem, _ = run.parts.encode_pair(hr, run.generators["degradation"], autocast=engine.autocast)
+        with engine.autocast():
+            loss, stats = run.objective.loss(engine.forward_model(), z_hq, z_lq, sem, run.generators["objective"])
+        if distributed.any_rank(not bool(torch.isfinite(loss)), run.device):
+            state.nonfinite += 1
+            logger.warning("non-finite loss at step %d (%d so far): micro-batch skipped", state.step, state.nonfinite)
+            if state.nonfinite > cfg.optim.max_nonfinite:
+                raise RuntimeError(f"{state.nonfinite} non-finite losses > optim.max_nonfinite="
+                                   f"{cfg.optim.max_nonfinite}; lower optim.lr or check the data")
+            continue
+        engine.backward_step(loss)
+        for key, value in stats.items():
+            totals[key] += float(value) / cfg.optim.grad_accum
+        done += 1
+    state.step += 1
+    state.images += cfg.data.batch_size * cfg.optim.grad_accum * run.info.world_size
+    return dict(totals)
+
+
+def _log(run: Run, window: dict[str, float], timer: StepTimer, bar: tqdm, stream) -> None:
+    cfg, info = run.cfg, run.info
+    n = max(window.pop("_n", 1.0), 1.0)
+    scalars = distributed.all_reduce_mean({(k if "/" in k else f"loss/{k}"): v / n for k, v in window.items()},
+                                         run.device)
+    per_rank_images = int(n) * cfg.data.batch_size * cfg.optim.grad_accum
+    perf = timer.report(per_rank_images, run.objective.flops_per_image, peak_flops(run.device))
+    perf["perf/images_per_s"] *= info.world_size
+    skipped = distributed.all_reduce_sum({k: float(v) for k, v in stream.skipped().items()}, run.device)
+    scalars.update(perf)
+    scalars.update(memory_stats(run.device))
+    scalars.update({f"data/skipped_{k}": v for k, v in skipped.items()})
+    scalars.update({"optim/lr": run.engine.lr, "optim/nonfinite_steps": float(run.state.nonfinite),
+                    "progress/images": float(run.state.images)})
+    grad_norm = run.engine.grad_norm()
+    if grad_norm is not None:
+        scalars["optim/grad_norm"] = grad_norm
+    run.metrics.log(scalars, run.state.step)
+    loss_key = next((k for k in scalars if k.startswith("loss/")), None)
+    if info.is_main:
+        bar.set_postfix(loss=f"{scalars[loss_key]:.4f}" if loss_key else "-",
+                        img_s=f"{scalars['perf/images_per_s']:.1f}")
+        logger.info("step %d %s", run.state.step, " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
+
+
+def _gather_ema(run: Run) -> dict[str, torch.Tensor]:
+    return run.engine.ema.full_state_dict(run.engine.module)
+
+
+def _validate(run: Run) -> None:
+    weights = _gather_ema(run)
+    if run.validator is not None and run.eval_model is not None:
+        run.eval_model.load_state_dict(weights)
+        run.eval_model.to(run.device)
+        with run.engine.autocast():
+            scalars, grid_path, grid = run.validator.run(run.eval_model, run.objective, run.state.step)
+        run.eval_model.to("cpu")
+        run.metrics.log(scalars, run.state.step)
+        run.metrics.log_image("val/grid", grid, run.state.step, caption="LR | outputs | HR")
+        logger.info("validation at step %d: %s (grid %s)", run.state.step,
+                    " ".join(f"{k}={v:.4g}" for k, v in scalars.items()), grid_path)
+    distributed.barrier()
+
+
+def _save(run: Run) -> None:
+    state = {"train": asdict(run.state), "data": {"restart": run.state.restart, "batches": run.state.data_batches},
+             "config": to_dict(run.cfg)}
+    run.checkpointer.save(run.engine, run.state.step, state, run.generators)
+    if run.cfg.checkpoint.export_ema:
+        weights = _gather_ema(run)
+        if run.info.is_main:
+            save_export(run.run_dir / "ema.safetensors", weights, run.cfg, extra={"step": str(run.state.step)})
+        distributed.barrier()

@@ -1,0 +1,1 @@
+"""Runtime: distributed set-up, DeepSpeed engine, EMA, checkpoints, metrics, preemption."""

@@ -1,0 +1,107 @@
+"""Exponential moving average of the trained weights, in fp32, correct under every ZeRO stage.
+
+Under ZeRO-3 each rank holds only its partition of every parameter (``param.ds_tensor``); the
+EMA then tracks exactly that partition, so its memory is sharded like the model's. Full
+weights are gathered (collectively) only to export or validate.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+def _local(param: nn.Parameter) -> torch.Tensor:
+    """The part of ``param`` this rank owns: the ZeRO-3 partition, or the whole tensor."""
+    return param.ds_tensor if hasattr(param, "ds_tensor") else param.data
+
+
+def is_zero3_partitioned(module: nn.Module) -> bool:
+    return any(hasattr(p, "ds_tensor") for p in module.parameters())
+
+
+class EMA:
+    """fp32 shadow of every trainable parameter's local shard; ``update`` after each optimizer step."""
+
+    names: list[str]
+    params: list[nn.Parameter]
+    shadow: list[torch.Tensor]
+    decay: float
+    warmup: bool
+    num_updates: int
+
+    def __init__(self, module: nn.Module, decay: float, warmup: bool = True) -> None:
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.shadow = [_local(p).detach().float().clone() for p in self.params]
+        self.decay = decay
+        self.warmup = warmup
+        self.num_updates = 0
+
+    def current_decay(self) -> float:
+        """min(decay, (1 + n) / (10 + n)) with warm-up, as in timm's ModelEmaV2 / TF's EMA."""
+        if not self.warmup:
+            return self.decay
+        n = self.num_updates
+        return min(self.decay, (1 + n) / (10 + n))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        decay = self.current_decay()
+        current = [_local(p).float() for p in self.params]
+        torch._foreach_lerp_(self.shadow, current, 1.0 - decay)
+        self.num_updates += 1
+
+    def state_dict(self) -> dict:
+        return {"names": list(self.names), "shadow": [s.cpu() for s in self.shadow],
+                "num_updates": self.num_updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["names"] != self.names:
+            missing = sorted(set(self.names) ^ set(state["names"]))[:5]
+            raise ValueError(f"EMA checkpoint does not match the model (differing parameters: {missing})")
+        for s, saved in zip(self.shadow, state["shadow"]):
+            if s.shape != saved.shape:
+                raise ValueError(f"EMA shard shape {tuple(saved.shape)} != {tuple(s.shape)}: was the checkpoint "
+                                 "written with another world size or ZeRO stage? Export and re-import instead")
+            s.copy_(saved)
+        self.num_updates = int(state["num_updates"])
+
+    @torch.no_grad()
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """The EMA weights (plus the module's buffers) as one CPU state dict; collective under ZeRO-3."""
+        ema_of = dict(zip(self.names, self.shadow))
+        if not is_zero3_partitioned(module):
+            out = {}
+            for key, value in module.state_dict().items():
+                src = ema_of.get(key)
+                out[key] = (src.view_as(value) if src is not None else value).detach().float().cpu().clone()
+            return out
+        return self._gather_zero3(module, ema_of)
+
+    def _gather_zero3(self, module: nn.Module, ema_of: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        import deepspeed
+
+        params = dict(module.named_parameters())
+        backup = {n: _local(params[n]).detach().clone() for n in self.names}
+        for name in self.names:  # put the EMA shards where ZeRO-3 keeps the parameter shards
+            _local(params[name]).copy_(ema_of[name])
+        try:
+            with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
+                out = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+        finally:
+            for name in self.names:
+                _local(params[name]).copy_(backup[name])
+        return out
+
+    def copy_to(self, target: nn.Module, source: nn.Module) -> None:
+        """Load the gathered EMA weights of ``source`` into a plain module ``target`` (collective)."""
+        target.load_state_dict(self.full_state_dict(source))
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return iter(zip(self.names, self.shadow))

@@ -1,0 +1,84 @@
+"""Periodic validation on a fixed degraded set: PSNR/SSIM (Y), LPIPS when its weights exist, and a grid."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from vosr import metrics
+from vosr.config import RunConfig
+from vosr.data.stream import build_val_batches
+
+logger = logging.getLogger(__name__)
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """(3,H,W) in [0,1] -> HxWx3 uint8."""
+    return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def make_grid(rows: list[list[torch.Tensor]]) -> np.ndarray:
+    """Rows of (3,H,W) images in [0,1], equal sizes, into one HxWx3 uint8 picture with 2-px gaps."""
+    gap = 2
+    h, w = rows[0][0].shape[-2:]
+    cols = max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            canvas[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = to_uint8(img)
+    return canvas
+
+
+class Validator:
+    """Holds a fixed validation set (HR, its degraded LR, latents, noise) and scores samplers on it."""
+
+    hr: torch.Tensor
+    lr_up: torch.Tensor
+    z_lq: torch.Tensor
+    sem: torch.Tensor | None
+    noise: torch.Tensor
+    out_dir: Path
+
+    def __init__(self, cfg: RunConfig, parts, device: torch.device, run_dir: Path) -> None:
+        batches = build_val_batches(cfg.data)
+        if not batches:
+            raise ValueError(f"data.val={cfg.data.val} gave no validation images; fix data.val or set log.val_every=0")
+        hr = torch.cat([b["hr"] for b in batches])[: cfg.data.val_size].to(device)
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + 12345)  # fixed across the run and restarts
+        _, self.z_lq, self.sem, self.lr_up = parts.encode_pair(hr, gen, train=False)
+        self.hr, self.parts, self.scale = hr, parts, cfg.data.scale
+        self.noise = torch.randn(self.z_lq.shape, generator=gen, device=device)
+        self.out_dir = run_dir / "val"
+        self._lpips = metrics.load_lpips(device) if hasattr(metrics, "load_lpips") else None
+        logger.info("validation set: %d images of %dx%d", hr.shape[0], hr.shape[-2], hr.shape[-1])
+
+    @torch.no_grad()
+    def run(self, model: nn.Module, objective, step: int) -> tuple[dict[str, float], Path, np.ndarray]:
+        """Sample with the objective's samplers; returns scalars, the grid's path and the grid."""
+        samplers = {objective.name: objective.sample, **objective.extra_samplers}
+        outputs, scalars = {}, {}
+        for name, sample in samplers.items():
+            z0 = sample(model, self.z_lq, self.sem, self.noise).float()
+            out = self.parts.autoencoder.decode(z0).float().clamp(0, 1)
+            out = (out * 255).round() / 255
+            outputs[name] = out
+            scalars.update(self._score(name, out))
+        scalars.update(self._score("lr_bicubic", self.lr_up))
+        rows = [[self.lr_up[i], *[o[i] for o in outputs.values()], self.hr[i]] for i in range(self.hr.shape[0])]
+        grid = make_grid(rows)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"step_{step:08d}.png"
+        Image.fromarray(grid).save(path)
+        return scalars, path, grid
+
+    def _score(self, name: str, out: torch.Tensor) -> dict[str, float]:
+        psnr = float(np.mean([metrics.psnr_y(o, h, crop_border=self.scale) for o, h in zip(out, self.hr)]))
+        ssim = float(np.mean([metrics.ssim_y(o, h, crop_border=self.scale) for o, h in zip(out, self.hr)]))
+        scores = {f"val/{name}/psnr_y(dB)": psnr, f"val/{name}/ssim_y": ssim}
+        if self._lpips is not None:
+            scores[f"val/{name}/lpips"] = float(self._lpips(out * 2 - 1, self.hr * 2 - 1).mean())
+        return scores
