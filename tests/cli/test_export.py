@@ -1,0 +1,86 @@
+"""The exported-weights format and loading a pipeline from it."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from tests.cli.export_helpers import build_model, make_export, tiny_config
+from vosr.config import to_dict
+from vosr.export import CONFIG_KEY, load_export, read_metadata, save_export
+from vosr.pipeline import load_pipeline
+
+
+def test_roundtrip_keeps_tensors_config_and_extras(tmp_path):
+    cfg = tiny_config("flow.sample_steps=7", "model.with_r=true")
+    state = build_model(cfg).state_dict()
+    path = save_export(tmp_path / "sub" / "ema.safetensors", state, cfg, {"step": "42"})
+    loaded, loaded_cfg = load_export(path)
+    assert set(loaded) == set(state)
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
+    assert to_dict(loaded_cfg) == to_dict(cfg)
+    meta = read_metadata(path)
+    assert meta["step"] == "42" and json.loads(meta[CONFIG_KEY])["flow"]["sample_steps"] == 7
+    assert [p.name for p in path.parent.iterdir()] == ["ema.safetensors"]  # no temporary left behind
+
+
+def test_overwrite_is_atomic_replace(tmp_path):
+    cfg = tiny_config()
+    path = tmp_path / "m.safetensors"
+    save_export(path, {"a": torch.zeros(2)}, cfg)
+    save_export(path, {"a": torch.ones(2), "b": torch.ones(1)}, cfg)
+    state, _ = load_export(path)
+    assert torch.equal(state["a"], torch.ones(2)) and "b" in state
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_shared_storage_is_cloned(tmp_path):
+    base = torch.arange(6.0)
+    path = save_export(tmp_path / "m.safetensors", {"x": base, "y": base[:3]}, tiny_config())
+    state, _ = load_export(path)
+    assert torch.equal(state["y"], torch.arange(3.0))
+
+
+def test_bad_extras_and_files(tmp_path):
+    cfg = tiny_config()
+    with pytest.raises(ValueError, match="reserved"):
+        save_export(tmp_path / "m.safetensors", {"a": torch.zeros(1)}, cfg, {CONFIG_KEY: "x"})
+    with pytest.raises(ValueError, match="strings"):
+        save_export(tmp_path / "m.safetensors", {"a": torch.zeros(1)}, cfg, {"step": 3})
+    with pytest.raises(FileNotFoundError):
+        load_export(tmp_path / "missing.safetensors")
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_export(corrupt)
+
+
+def test_released_checkpoint_without_config_needs_one(tmp_path):
+    cfg = tiny_config()
+    released = tmp_path / "released.safetensors"
+    save_file({k: v.contiguous() for k, v in build_model(cfg).state_dict().items()}, str(released))
+    state, embedded = load_export(released)
+    assert embedded is None and state
+    with pytest.raises(ValueError, match="--config"):
+        load_pipeline(released)
+    pipe = load_pipeline(released, config="configs/tiny.yaml")
+    assert pipe.scale == 4 and not pipe.model.cfg.with_r
+
+
+def test_pipeline_from_export_with_overrides(tmp_path):
+    path = make_export(tmp_path / "m.safetensors", "model.with_r=true")
+    pipe = load_pipeline(path, overrides=["flow.sample_steps=3"])
+    assert pipe.model.cfg.with_r and pipe.config.flow.sample_steps == 3
+    assert pipe.sample_options(None, None, None).one_step
+    assert not pipe.sample_options(4, None, None).one_step
+    out = pipe.upscale(torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(0)))
+    assert out.shape == (1, 3, 48, 80) and 0 <= out.min() and out.max() <= 1
+
+
+def test_mismatched_weights_fail_loudly(tmp_path):
+    path = make_export(tmp_path / "m.safetensors")
+    with pytest.raises(KeyError, match="weights do not match"):
+        load_pipeline(path, overrides=["model.hidden_size=32"])

@@ -1,0 +1,97 @@
+"""The exported-weights format: one ``.safetensors`` with the resolved run config in its metadata.
+
+``save_export`` writes the transformer's state dict (usually the EMA) and ``vosr_config`` =
+JSON of ``vosr.config.to_dict(config)`` (plus optional string extras such as the step)
+atomically. ``load_export`` reads it back; a file without ``vosr_config`` (a released VOSR
+checkpoint) returns ``None`` for the config, and the caller must supply one (``--config``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from vosr.config import RunConfig, from_dict, to_dict
+
+logger = logging.getLogger(__name__)
+
+CONFIG_KEY = "vosr_config"
+FORMAT_KEY = "vosr_format"
+FORMAT_VERSION = "1"
+
+
+def save_export(path: str | Path, state_dict: dict[str, torch.Tensor], config: RunConfig,
+                extra: dict[str, str] | None = None) -> Path:
+    """Write ``state_dict`` + config metadata to ``path`` (tmp file, then ``os.replace``); return the path.
+
+    Tensors are made contiguous and moved to the CPU; shared storage is cloned (safetensors
+    refuses aliases). ``extra`` values must be strings; they may not use the reserved keys.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    extra = dict(extra or {})
+    clash = {CONFIG_KEY, FORMAT_KEY} & set(extra)
+    if clash:
+        raise ValueError(f"export extra metadata may not use the reserved keys {sorted(clash)}")
+    bad = [k for k, v in extra.items() if not isinstance(v, str)]
+    if bad:
+        raise ValueError(f"export extra metadata values must be strings; not for {bad}")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()
+               if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError("save_export: the state dict holds no tensors")
+    metadata = {CONFIG_KEY: json.dumps(to_dict(config)), FORMAT_KEY: FORMAT_VERSION, **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    logger.info("exported %d tensors to %s", len(tensors), path)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file (empty when it has none)."""
+    from safetensors import safe_open
+
+    path = _check_file(path)
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_export(path: str | Path) -> tuple[dict[str, torch.Tensor], RunConfig | None]:
+    """Read an export: (state dict on the CPU, its ``RunConfig`` or None for a file without one).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for a file that is not
+    a readable safetensors file or whose embedded config no longer validates.
+    """
+    from safetensors.torch import load_file
+
+    path = _check_file(path)
+    try:
+        metadata = read_metadata(path)
+        state = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"checkpoint {path} is not a readable .safetensors file ({e})") from e
+    raw = metadata.get(CONFIG_KEY)
+    if raw is None:
+        logger.info("%s has no %s metadata (a released checkpoint); a config must be given", path, CONFIG_KEY)
+        return state, None
+    try:
+        config = from_dict(RunConfig, json.loads(raw))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"the config embedded in {path} does not validate ({e}); pass --config to override") from e
+    return state, config
+
+
+def _check_file(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; pass an exported .safetensors (-c/--checkpoint)")
+    return path

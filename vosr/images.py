@@ -1,0 +1,152 @@
+"""Robust image files in and out for the inference and evaluation CLIs.
+
+``read_image`` turns any common file (8/16-bit, grayscale, palette, RGBA, CMYK, EXIF-rotated)
+into an 8-bit RGB array plus an optional alpha plane, and raises ``ImageError`` with a
+one-line reason for files it cannot use (corrupt, truncated, too small, too large), so a
+folder run can skip them and carry on. ``save_image`` writes atomically (temporary name,
+then rename) so an interrupted run never leaves a half-written output that a later
+``skip existing`` would trust.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+HIGH_DEPTH_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
+class ImageError(ValueError):
+    """An input file cannot be used; the message says why."""
+
+
+@dataclass
+class LoadedImage:
+    """An input image as 8-bit planes."""
+
+    rgb: np.ndarray
+    """(H, W, 3) uint8."""
+    alpha: np.ndarray | None
+    """(H, W) uint8 when the file had transparency, else None."""
+    mode: str
+    """The file's PIL mode, for messages."""
+
+
+def list_images(path: str | Path, flag: str = "-i/--input") -> list[Path]:
+    """One file, or the image files (by extension) directly inside a folder, sorted by name.
+
+    ``flag`` names the CLI option in the error for a missing path.
+    """
+    path = Path(path).expanduser()
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is neither a file nor a folder ({flag})")
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def _high_depth_to_uint8(img: Image.Image) -> np.ndarray:
+    """Single-channel 16/32-bit or float image -> (H, W) uint8 by its nominal range."""
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode == "F":
+        arr = arr * 255.0 if arr.max(initial=0.0) <= 1.0 else arr
+    elif img.mode.startswith("I;16") or arr.max(initial=0.0) > 255:
+        arr = arr / 257.0  # 0-65535 -> 0-255
+    return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+
+
+def _to_planes(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    if img.mode in HIGH_DEPTH_MODES:
+        gray = _high_depth_to_uint8(img)
+        return np.repeat(gray[:, :, None], 3, axis=2), None
+    has_alpha = img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"))
+        alpha = rgba[:, :, 3]
+        return np.ascontiguousarray(rgba[:, :, :3]), (None if alpha.min() == 255 else np.ascontiguousarray(alpha))
+    return np.asarray(img.convert("RGB")), None
+
+
+def read_image(path: str | Path, *, min_side: int = 8, max_pixels: int | None = None) -> LoadedImage:
+    """Read ``path`` as 8-bit RGB (+ alpha); raise ``ImageError`` for unusable files.
+
+    ``max_pixels`` bounds width x height, checked from the header before decoding.
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check the size ourselves
+            with Image.open(path) as img:
+                w, h = img.size
+                if min(w, h) < min_side:
+                    raise ImageError(f"{w}x{h} is smaller than {min_side} px on a side")
+                if max_pixels is not None and w * h > max_pixels:
+                    raise ImageError(f"{w}x{h} exceeds --max-pixels={max_pixels}")
+                mode = img.mode
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                rgb, alpha = _to_planes(img)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"too large to decode safely ({e})") from e
+    except UnidentifiedImageError as e:
+        raise ImageError("not a recognised image file") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"corrupt or truncated ({e})") from e
+    return LoadedImage(rgb=rgb, alpha=alpha, mode=mode)
+
+
+def to_tensor(rgb: np.ndarray) -> Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
+
+
+def to_uint8(img01: Tensor) -> np.ndarray:
+    """(3, H, W) or (1, 3, H, W) in [0, 1] -> (H, W, 3) uint8 (rounded)."""
+    if img01.ndim == 4:
+        img01 = img01[0]
+    return (img01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def make_grid(rows: list[list[Tensor]], gap: int = 2) -> np.ndarray:
+    """Rows of equally sized (3, H, W) images in [0, 1] -> one (H', W', 3) uint8 picture, white gaps."""
+    h, w = rows[0][0].shape[-2:]
+    cols = max(len(r) for r in rows)
+    canvas = np.full((len(rows) * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            canvas[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = to_uint8(img)
+    return canvas
+
+
+def resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) uint8 alpha -> bicubic to (H, W) = ``size``."""
+    return np.asarray(Image.fromarray(alpha).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+
+
+def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None) -> Path:
+    """Write (H, W, 3) uint8 (+ (H, W) alpha -> RGBA) atomically; the format follows the suffix."""
+    path = Path(path)
+    img = Image.fromarray(rgb)
+    if alpha is not None:
+        img.putalpha(Image.fromarray(alpha))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        img.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,144 @@
+"""Upscale images with an exported VOSR model: ``python -m vosr.infer -c CKPT -i FILE_OR_DIR -o DIR``.
+
+Any size and aspect ratio (tiled beyond the training size); outputs are PNG files named after
+the inputs. Existing outputs are skipped unless ``--overwrite``; an output never replaces an
+input. Unusable inputs (corrupt, truncated, too small or too large) are skipped with a message;
+grayscale, palette, 16-bit and CMYK files are converted, and transparency is carried over
+(the alpha plane is resized bicubically). The exit status is non-zero only when nothing was
+produced although there was work to do.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vosr.colorfix import COLOR_FIXES
+from vosr.images import ImageError, list_images, read_image, resize_alpha, save_image, to_tensor, to_uint8
+from vosr.pipeline import SRPipeline, TileOptions, load_pipeline
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's arguments."""
+    p = argparse.ArgumentParser(prog="python -m vosr.infer", description=__doc__.splitlines()[0])
+    p.add_argument("-c", "--checkpoint", required=True, help="exported .safetensors (or released weights + --config)")
+    p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--config", default=None, help="run YAML; required for checkpoints without embedded config")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override (repeatable), e.g. --set flow.weak_anchor=0.1")
+    p.add_argument("--scale", type=float, default=None, help="upscaling factor (default: the model's data.scale)")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps (default flow.sample_steps; one-step "
+                   "models use 1 unless more are asked for)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance s (default flow.guidance)")
+    p.add_argument("--weak-anchor", type=float, default=None, help="weak-anchor w (default flow.weak_anchor)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (same for every image)")
+    p.add_argument("--color-fix", choices=COLOR_FIXES, default="none", help="colour correction vs the upsampled LR")
+    p.add_argument("--tile", type=int, default=None, help="tile side in output pixels for the transformer and the "
+                   "autoencoder (default: data.crop_size / autoencoder.tile_size; 0 = no tiling)")
+    p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels")
+    p.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto = cuda when available)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="transformer precision")
+    p.add_argument("--max-pixels", type=int, default=8_388_608, help="skip inputs with more pixels (width x height)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return p
+
+
+def plan_outputs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
+    """Pair each input with ``out_dir/<stem>.png`` (``<stem>_<ext>.png`` when stems repeat).
+
+    Raises ValueError when an output would be one of the inputs.
+    """
+    stems: dict[str, int] = {}
+    for path in inputs:
+        stems[path.stem] = stems.get(path.stem, 0) + 1
+    pairs = []
+    for path in inputs:
+        name = f"{path.stem}.png" if stems[path.stem] == 1 else f"{path.stem}_{path.suffix.lstrip('.')}.png"
+        pairs.append((path, out_dir / name))
+    sources = {p.resolve() for p in inputs}
+    clashes = [str(dst) for _, dst in pairs if dst.resolve() in sources]
+    if clashes:
+        raise ValueError(f"output(s) {clashes[:3]} would overwrite input files; choose another -o/--output folder")
+    return pairs
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda when available, else cpu."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def upscale_file(pipe: SRPipeline, src: Path, dst: Path, args: argparse.Namespace) -> tuple[int, int]:
+    """Read, upscale and write one image; returns the output (H, W). Raises ImageError for bad inputs."""
+    image = read_image(src, max_pixels=args.max_pixels)
+    tiles = TileOptions(tile=args.tile, overlap=args.overlap, ae_tile=args.tile, ae_overlap=args.overlap,
+                        batch=args.batch)
+    out = pipe.upscale(to_tensor(image.rgb), steps=args.steps, guidance=args.guidance, weak_anchor=args.weak_anchor,
+                       seed=args.seed, tiles=tiles, color_fix=args.color_fix, scale=args.scale)
+    rgb = to_uint8(out)
+    alpha = None if image.alpha is None else resize_alpha(image.alpha, rgb.shape[:2])
+    save_image(dst, rgb, alpha)
+    return rgb.shape[0], rgb.shape[1]
+
+
+def run(pipe: SRPipeline, pairs: list[tuple[Path, Path]], args: argparse.Namespace) -> dict[str, int]:
+    """Process every pair with a progress bar; returns counts of produced, existing and failed."""
+    from tqdm.auto import tqdm
+
+    counts = {"produced": 0, "existing": 0, "failed": 0}
+    for src, dst in tqdm(pairs, desc="upscale", unit="img", disable=len(pairs) < 2):
+        if dst.exists() and not args.overwrite:
+            counts["existing"] += 1
+            logger.info("skip %s: %s exists (use --overwrite)", src.name, dst)
+            continue
+        start = time.perf_counter()
+        try:
+            size = upscale_file(pipe, src, dst, args)
+        except ImageError as e:
+            counts["failed"] += 1
+            logger.warning("skip %s: %s", src, e)
+            continue
+        except (RuntimeError, ValueError) as e:  # e.g. out of memory on one huge image: carry on
+            counts["failed"] += 1
+            logger.error("failed %s: %s", src, e)
+            continue
+        counts["produced"] += 1
+        logger.info("%s -> %s (%dx%d) in %.2fs", src.name, dst, size[1], size[0], time.perf_counter() - start)
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry; returns the exit status (0 = something produced or nothing left to do)."""
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        inputs = list_images(args.input)
+        pairs = plan_outputs(inputs, Path(args.output).expanduser())
+        pipe = load_pipeline(args.checkpoint, config=args.config, overrides=args.overrides,
+                             device=resolve_device(args.device), dtype=DTYPES[args.dtype])
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        logger.error("%s", e)
+        return 2
+    if not pairs:
+        logger.error("no image files found in %s", args.input)
+        return 1
+    counts = run(pipe, pairs, args)
+    logger.info("done: %d produced, %d already existed, %d skipped or failed", counts["produced"],
+                counts["existing"], counts["failed"])
+    return 0 if counts["produced"] or not counts["failed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

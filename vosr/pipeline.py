@@ -1,0 +1,242 @@
+"""The super-resolution pipeline (METHOD.md §6): LR -> bicubic up -> encode -> sample -> decode.
+
+``load_pipeline`` rebuilds the transformer, autoencoder and semantic encoder from an export
+(``vosr.export``) or a released checkpoint plus a config, and ``SRPipeline.upscale`` runs:
+bicubic upsampling by the scale, 8-bit quantisation, reflect-padding to the latent/patch grid,
+(tiled) encoding, per-tile semantic tokens, a one-step or Euler solve from one full-size noise
+field (the transformer tiled per step), (tiled) decoding, cropping, optional colour fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vosr.colorfix import apply_color_fix
+from vosr.config import RunConfig, apply_overrides, from_dict, load_run_config, to_dict
+from vosr.data.degrade import upsample_lr
+from vosr.export import load_export
+from vosr.flow import randn, sample_euler, sample_one_step
+from vosr.models.autoencoder import Autoencoder, build_autoencoder
+from vosr.models.dit import VOSRDiT, build_dit
+from vosr.models.semantic import SemanticEncoder, build_semantic_encoder
+from vosr.models.weights import load_vosr_weights, read_state_dict
+from vosr.tiling import TiledDenoiser, TileGrid, make_grid, tiled_apply
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TileOptions:
+    """Tiling of the transformer and the autoencoder; sizes are pixels of the upscaled image."""
+
+    tile: int | None = None
+    """Transformer tile side; None = the training crop (data.crop_size); 0 = never tile."""
+    overlap: int | None = None
+    """Transformer tile overlap; None = tile / 4."""
+    ae_tile: int | None = None
+    """Encoder/decoder tile side; None = autoencoder.tile_size; 0 = never tile."""
+    ae_overlap: int | None = None
+    """Encoder/decoder tile overlap; None = autoencoder.tile_overlap."""
+    batch: int = 4
+    """Tiles per forward pass (memory grows with it)."""
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Sampler settings resolved from the config defaults and the caller's choices."""
+
+    one_step: bool
+    steps: int
+    guidance: float
+    weak_anchor: float
+
+
+class SRPipeline:
+    """A loaded VOSR model with its autoencoder and semantic encoder, ready to upscale images."""
+
+    model: VOSRDiT
+    autoencoder: Autoencoder
+    semantic: SemanticEncoder | None
+    config: RunConfig
+    scale: int
+    device: torch.device
+    dtype: torch.dtype
+
+    def __init__(self, model: VOSRDiT, autoencoder: Autoencoder, semantic: SemanticEncoder | None,
+                 config: RunConfig, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.model = model.to(self.device, dtype).eval().requires_grad_(False)
+        self.autoencoder = autoencoder.to(self.device)  # kept in fp32 for decoding quality
+        self.semantic = None if semantic is None else semantic.to(self.device, dtype)
+        self.config = config
+        self.scale = config.data.scale
+
+    @property
+    def multiple(self) -> int:
+        """Upscaled images are padded to a multiple of this (autoencoder downsampling x patch size)."""
+        return self.autoencoder.downsample * self.model.cfg.patch_size
+
+    def sample_options(self, steps: int | None, guidance: float | None, weak_anchor: float | None) -> SampleOptions:
+        """One-step for a model with the ``r`` input and ``steps`` in (None, 1); else Euler."""
+        flow = self.config.flow
+        one_step = self.model.cfg.with_r and steps in (None, 1)
+        steps = 1 if one_step else (steps if steps is not None else flow.sample_steps)
+        if steps < 1:
+            raise ValueError(f"steps={steps} must be >= 1 (--steps / flow.sample_steps)")
+        return SampleOptions(one_step=one_step, steps=steps,
+                             guidance=flow.guidance if guidance is None else guidance,
+                             weak_anchor=flow.weak_anchor if weak_anchor is None else weak_anchor)
+
+    def prepare(self, lr01: Tensor, scale: float | None = None) -> Tensor:
+        """LR (B, 3, h, w) in [0, 1] -> bicubic upsampled, 8-bit quantised (B, 3, h*s, w*s)."""
+        if lr01.ndim != 4 or lr01.shape[1] != 3:
+            raise ValueError(f"upscale expects an RGB batch (B, 3, h, w), got {tuple(lr01.shape)}")
+        s = self.scale if scale is None else scale
+        size = (int(round(lr01.shape[-2] * s)), int(round(lr01.shape[-1] * s)))
+        return upsample_lr(lr01.float().clamp(0, 1).to(self.device), size, "bicubic")
+
+    @torch.no_grad()
+    def upscale(self, lr01: Tensor, *, steps: int | None = None, guidance: float | None = None,
+                weak_anchor: float | None = None, seed: int = 0, tiles: TileOptions | None = None,
+                color_fix: str = "none", scale: float | None = None, progress: bool = False) -> Tensor:
+        """Super-resolve ``lr01`` (B, 3, h, w) in [0, 1] -> (B, 3, h*s, w*s) in [0, 1] (float32, CPU).
+
+        ``seed`` fixes the noise field (drawn once at full size on the CPU, so results do not
+        depend on the device or the tiling); ``scale`` defaults to the model's training scale.
+        """
+        tiles = tiles or TileOptions()
+        opts = self.sample_options(steps, guidance, weak_anchor)
+        lr_up = self.prepare(lr01, scale)  # (B, 3, H, W)
+        height, width = lr_up.shape[-2:]
+        padded = pad_to_multiple(lr_up, self.multiple)
+        z_lq = self.encode(padded, tiles).to(self.dtype)  # (B, C, H/d, W/d)
+        grid = self.latent_grid(tuple(z_lq.shape[-2:]), tiles)
+        sem = self.tile_semantics(padded, grid, tiles.batch)  # (B, T, N, D) or None
+        generator = torch.Generator().manual_seed(seed)
+        noise = randn(tuple(z_lq.shape), generator, self.device).to(self.dtype)
+        denoiser = TiledDenoiser(self.model, grid, tiles.batch)
+        if opts.one_step:
+            z_hq = sample_one_step(denoiser, z_lq, sem, noise)
+        else:
+            z_hq = sample_euler(denoiser, z_lq, sem, noise, steps=opts.steps, guidance=opts.guidance,
+                                weak_anchor=opts.weak_anchor, progress=progress)
+        out = self.decode(z_hq.float(), tiles)[..., :height, :width].clamp(0, 1)
+        return apply_color_fix(out, lr_up, color_fix).float().cpu()
+
+    # -- stages -------------------------------------------------------------------------
+
+    def encode(self, img01: Tensor, tiles: TileOptions) -> Tensor:
+        """(B, 3, H, W) -> latent (B, C, H/d, W/d), tiled over ``ae_tile`` pixels."""
+        d = self.autoencoder.downsample
+        tile, overlap = self._ae_tile(tiles)
+        if not tile or max(img01.shape[-2:]) <= tile * d:
+            return self.autoencoder.encode(img01).float()
+        grid = make_grid(img01.shape[-2], img01.shape[-1], tile * d, overlap * d, align=d)
+        return tiled_apply(lambda x, _: self.autoencoder.encode(x).float(), img01, grid,
+                           scale=1 / d, batch=tiles.batch)
+
+    def decode(self, latent: Tensor, tiles: TileOptions) -> Tensor:
+        """latent (B, C, h, w) -> image (B, 3, h*d, w*d), tiled over ``ae_tile`` pixels."""
+        d = self.autoencoder.downsample
+        tile, overlap = self._ae_tile(tiles)
+        if not tile or max(latent.shape[-2:]) <= tile:
+            return self.autoencoder.decode(latent).float()
+        grid = make_grid(latent.shape[-2], latent.shape[-1], tile, overlap)
+        return tiled_apply(lambda z, _: self.autoencoder.decode(z).float(), latent, grid, scale=d, batch=tiles.batch)
+
+    def latent_grid(self, size: tuple[int, int], tiles: TileOptions) -> TileGrid:
+        """Transformer tiles on the latent plane, aligned to the patch size."""
+        d, p = self.autoencoder.downsample, self.model.cfg.patch_size
+        tile_px = self.config.data.crop_size if tiles.tile is None else tiles.tile
+        if tile_px == 0:
+            return make_grid(size[0], size[1], max(size), 0, align=p)
+        tile = max(p, tile_px // d // p * p)
+        overlap_px = tile_px // 4 if tiles.overlap is None else tiles.overlap
+        return make_grid(size[0], size[1], tile, min(overlap_px // d, tile - p), align=p)
+
+    def tile_semantics(self, padded: Tensor, grid: TileGrid, batch: int) -> Tensor | None:
+        """Semantic tokens of each tile's upsampled-LR pixels: (B, T, N, D), or None without an encoder."""
+        if self.semantic is None:
+            return None
+        d = self.autoencoder.downsample
+        per_tile = []
+        for start in range(0, len(grid), batch):
+            boxes = grid.boxes[start:start + batch]
+            crops = torch.cat([padded[:, :, y0 * d:y1 * d, x0 * d:x1 * d] for (y0, y1, x0, x1) in boxes])
+            tokens = self.semantic(crops.to(self.dtype))  # (k*B, N, D)
+            per_tile.append(tokens.unflatten(0, (len(boxes), padded.shape[0])))  # (k, B, N, D)
+        return torch.cat(per_tile).transpose(0, 1).to(self.dtype)  # (B, T, N, D)
+
+    def _ae_tile(self, tiles: TileOptions) -> tuple[int, int]:
+        """Autoencoder tile and overlap in latent pixels (0 tile = no tiling)."""
+        d, ae = self.autoencoder.downsample, self.config.autoencoder
+        tile_px = ae.tile_size if tiles.ae_tile is None else tiles.ae_tile
+        overlap_px = ae.tile_overlap if tiles.ae_overlap is None else tiles.ae_overlap
+        if tile_px == 0:
+            return 0, 0
+        tile = max(1, tile_px // d)
+        return tile, min(overlap_px // d, tile - 1)
+
+
+def pad_to_multiple(img: Tensor, multiple: int) -> Tensor:
+    """Pad (B, C, H, W) on the bottom/right to multiples of ``multiple`` (reflect, replicate if too small)."""
+    h, w = img.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph == 0 and pw == 0:
+        return img
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(img, (0, pw, 0, ph), mode=mode)
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------
+
+
+def resolve_config(embedded: RunConfig | None, config: str | None, overrides: tuple[str, ...] | list[str]) -> RunConfig:
+    """``config`` (YAML) if given, else the export's embedded config; ``overrides`` apply on top."""
+    if config is not None:
+        return load_run_config(config, list(overrides))
+    if embedded is None:
+        raise ValueError("the checkpoint carries no vosr_config metadata (a released checkpoint); "
+                         "pass --config with the matching run YAML")
+    if not overrides:
+        return embedded
+    return from_dict(RunConfig, apply_overrides(to_dict(embedded), list(overrides)))
+
+
+def read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Tensor], RunConfig | None]:
+    """State dict and embedded config of an export (``.safetensors``) or any state-dict file."""
+    path = Path(checkpoint).expanduser()
+    if path.suffix == ".safetensors":
+        return load_export(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (-c/--checkpoint)")
+    return read_state_dict(path), None
+
+
+def load_pipeline(checkpoint: str | Path, *, config: str | None = None, overrides: tuple[str, ...] | list[str] = (),
+                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SRPipeline:
+    """Build the full pipeline from ``checkpoint`` (an export, or released weights + ``config``)."""
+    state, embedded = read_checkpoint(checkpoint)
+    cfg = resolve_config(embedded, config, overrides)
+    has_r = any(k.startswith("r_embedder.") for k in state)
+    if has_r != cfg.model.with_r:
+        logger.warning("checkpoint %s r_embedder weights; using model.with_r=%s (config said %s)",
+                       "has" if has_r else "lacks", has_r, cfg.model.with_r)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, with_r=has_r))
+    autoencoder = build_autoencoder(cfg.autoencoder)
+    semantic = build_semantic_encoder(cfg.semantic)
+    model = build_dit(cfg.model, latent_channels=autoencoder.latent_channels,
+                      semantic_dim=None if semantic is None else semantic.dim,
+                      input_size=max(cfg.model.patch_size, cfg.data.crop_size // autoencoder.downsample))
+    load_vosr_weights(model, state, strict=True)
+    logger.info("loaded %s: preset=%s with_r=%s scale=%d", checkpoint, cfg.model.preset, has_r, cfg.data.scale)
+    return SRPipeline(model, autoencoder, semantic, cfg, device=device, dtype=dtype)
