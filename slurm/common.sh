@@ -1,0 +1,128 @@
+# Shared body of the vosr sbatch scripts (sourced by slurm/train_teacher.sh and slurm/distill.sh).
+#
+# vosr_run_stage MODULE CONFIG [key=value ...]
+#   Runs `python -m MODULE --config CONFIG run_dir=... [key=value ...]` as one srun task per GPU
+#   (each task is one rank), with MASTER_ADDR/MASTER_PORT exported for the trainer.
+#
+# Preemption / time limit, and why it is reliable:
+#   Slurm sends USR1 to this batch shell only (`#SBATCH --signal=B:USR1@180`, or
+#   `scancel --signal=USR1 --batch JOBID` by hand). The trap below forwards it to srun, which
+#   forwards it to every task. Each rank's PreemptionFlag records it; at the next step boundary
+#   all ranks save one checkpoint collectively and exit with 75 (EXIT_PREEMPTED). The task
+#   wrapper below notes the 75 in <run_dir>/.preempted-<job>-<restart>; once srun is done this
+#   shell sees the note and runs `scontrol requeue`: the job keeps its id, so the requeued run gets the
+#   same run_dir and resumes from the newest complete checkpoint (checkpoint.resume=auto).
+#   USR2 is forwarded the same way; `scancel --signal=USR1 --full` (shell + tasks) is fine too.
+#   A plain scancel (TERM) is never requeued.
+#
+# Environment knobs (all optional):
+#   VOSR_ROOT          repository root (default: the folder above this script, found through
+#                      `scontrol show job`, else $SLURM_SUBMIT_DIR)
+#   VOSR_PYTHON        interpreter (default $VOSR_ROOT/.venv/bin/python if present, else python3)
+#   VOSR_RUN_DIR       run folder (default $VOSR_RUNS/<config stem>-$SLURM_JOB_ID); a run_dir=...
+#                      override among the script arguments wins over both
+#   VOSR_RUNS          parent of default run folders (default $VOSR_ROOT/runs)
+#   VOSR_MAX_REQUEUES  stop requeueing after this many restarts (default 100)
+#   VOSR_SRUN_ARGS     extra srun arguments (word-split), e.g. "--cpu-bind=none"
+
+# Each srun task runs the rank under this wrapper. A rank that saved after preemption exits 75;
+# the wrapper records that in a marker file and exits 0, so `--kill-on-bad-exit` (which stops a
+# job whose rank crashed instead of letting the others hang in a collective) does not kill ranks
+# that are still closing down after the same collective save. The wrapper passes USR1/USR2 on to
+# the rank, so the signal arrives whether Slurm signals only the task's first process or every
+# process of the step (then the rank gets it twice, which the PreemptionFlag ignores).
+VOSR_TASK_WRAPPER='"$@" & child=$!
+trap "kill -USR1 $child 2>/dev/null" USR1
+trap "kill -USR2 $child 2>/dev/null" USR2
+while :; do
+  wait $child; rc=$?
+  if ((rc > 128)) && kill -0 $child 2>/dev/null; then continue; fi
+  break
+done
+if ((rc == 75)); then touch "$VOSR_PREEMPT_MARK"; rc=0; fi
+exit $rc'
+
+vosr_log() { echo "[vosr-slurm $(date +%H:%M:%S)] $*"; }
+
+vosr_forward_signal() {  # trap handler: pass the signal on to the srun step (and so to all ranks)
+  vosr_log "received $1: forwarding to srun (pid ${VOSR_SRUN_PID:-none}) for checkpoint + requeue"
+  if [[ -n "${VOSR_SRUN_PID:-}" ]]; then kill -s "$1" "$VOSR_SRUN_PID" 2>/dev/null || true; fi
+}
+
+vosr_python() {
+  if [[ -n "${VOSR_PYTHON:-}" ]]; then echo "$VOSR_PYTHON"
+  elif [[ -x "$VOSR_ROOT/.venv/bin/python" ]]; then echo "$VOSR_ROOT/.venv/bin/python"
+  else command -v python3
+  fi
+}
+
+vosr_run_dir() {  # vosr_run_dir CONFIG [overrides...]: the run folder this job writes
+  local config=$1 arg stem
+  shift
+  for arg in "$@"; do
+    if [[ "$arg" == run_dir=* ]]; then echo "${arg#run_dir=}"; return; fi
+  done
+  if [[ -n "${VOSR_RUN_DIR:-}" ]]; then echo "$VOSR_RUN_DIR"; return; fi
+  stem=$(basename "$config")
+  stem=${stem%.*}
+  echo "${VOSR_RUNS:-$VOSR_ROOT/runs}/$stem-${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}${SLURM_ARRAY_TASK_ID:+_$SLURM_ARRAY_TASK_ID}"
+}
+
+vosr_export_world() {
+  # The trainer reads SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; torchrun variables would win, so drop any.
+  unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE
+  MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+  MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
+  export MASTER_ADDR MASTER_PORT
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"
+  export PYTHONUNBUFFERED=1
+}
+
+vosr_wait_srun() {  # wait for srun even when traps interrupt `wait`; sets VOSR_RC
+  VOSR_RC=0
+  while true; do
+    wait "$VOSR_SRUN_PID" && VOSR_RC=0 || VOSR_RC=$?
+    # `wait` returns >128 when a trapped signal arrives; srun is then still running.
+    if ((VOSR_RC > 128)) && kill -0 "$VOSR_SRUN_PID" 2>/dev/null; then continue; fi
+    break
+  done
+}
+
+vosr_run_stage() {  # vosr_run_stage MODULE CONFIG [key=value ...]
+  local module=$1
+  if (($# < 2)); then
+    echo "usage: sbatch slurm/{train_teacher,distill}.sh CONFIG [key=value ...]  (for $1)" >&2
+    return 2
+  fi
+  shift
+  local config=$1 python run_dir
+  shift
+  python=$(vosr_python)
+  run_dir=$(vosr_run_dir "$config" "$@")
+  vosr_export_world
+  vosr_log "job ${SLURM_JOB_ID} restart ${SLURM_RESTART_COUNT:-0}: $module on ${SLURM_NTASKS} tasks," \
+           "nodes ${SLURM_JOB_NODELIST}, master ${MASTER_ADDR}:${MASTER_PORT}, run_dir $run_dir"
+  mkdir -p "$run_dir"
+  export VOSR_PREEMPT_MARK="$run_dir/.preempted-${SLURM_JOB_ID}-${SLURM_RESTART_COUNT:-0}"
+  rm -f "$VOSR_PREEMPT_MARK"
+  trap 'vosr_forward_signal USR1' USR1
+  trap 'vosr_forward_signal USR2' USR2
+  # shellcheck disable=SC2086  # VOSR_SRUN_ARGS is meant to be word-split
+  srun --kill-on-bad-exit=1 ${VOSR_SRUN_ARGS:-} bash -c "$VOSR_TASK_WRAPPER" vosr-task \
+    "$python" -m "$module" --config "$config" "run_dir=$run_dir" "$@" &
+  VOSR_SRUN_PID=$!
+  vosr_wait_srun
+  trap - USR1 USR2
+  vosr_log "srun exited with $VOSR_RC"
+  if [[ -e "$VOSR_PREEMPT_MARK" ]]; then
+    rm -f "$VOSR_PREEMPT_MARK"
+    if ((${SLURM_RESTART_COUNT:-0} >= ${VOSR_MAX_REQUEUES:-100})); then
+      vosr_log "preempted, but already restarted ${SLURM_RESTART_COUNT} times (VOSR_MAX_REQUEUES): giving up"
+      return 75
+    fi
+    vosr_log "checkpoint saved after preemption: requeueing job $SLURM_JOB_ID"
+    scontrol requeue "$SLURM_JOB_ID"
+    return 0
+  fi
+  return "$VOSR_RC"
+}
