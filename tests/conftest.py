@@ -29,7 +29,8 @@ def real_photos() -> list[np.ndarray]:
     return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.stereo_motorcycle()[0]]
 
 
-def write_shards(out: Path, images: list[np.ndarray], per_shard: int, prefix: str = "hr", ext: str = "png") -> list[Path]:
+def write_shards(out: Path, images: list[np.ndarray], per_shard: int, prefix: str = "hr",
+                 ext: str = "png") -> list[Path]:
     """Write ``images`` as WebDataset tar shards (image bytes + json), the format pack.py writes."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []

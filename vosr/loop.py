@@ -116,7 +116,8 @@ def _resume(cfg: RunConfig, engine: TrainEngine, checkpointer: Checkpointer,
     saved = checkpointer.load(engine, folder, generators)
     state = TrainState(**saved["train"])
     state.restart += 1
-    logger.info("resumed from %s at step %d (restart %d, %d images seen)", folder, state.step, state.restart, state.images)
+    logger.info("resumed from %s at step %d (restart %d, %d images seen)",
+                folder, state.step, state.restart, state.images)
     return state
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +28,29 @@ def read_metrics(run_dir: Path) -> dict[int, dict[str, float]]:
     return out
 
 
+def free_port() -> int:
+    """A TCP port free right now on localhost."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_cmd(module: str, args: list[str], nproc: int = 2) -> list[str]:
+    """``torchrun`` of ``python -m module`` on a free port.
+
+    Not ``--master_port=0``: torch 2.14's launcher hands port 0 itself to the workers, whose
+    rank 0 then serves on a random port that the other ranks never find (a silent hang).
+    """
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+            f"--master_port={free_port()}", "-m", module, *args]
+
+
+def torchrun_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **(env or {})}
+
+
 def torchrun(module: str, args: list[str], nproc: int = 2, timeout: float = 300,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m module`` under torchrun with ``nproc`` CPU processes over gloo."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port=0",
-           "-m", module, *args]
-    full_env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(torchrun_cmd(module, args, nproc), cwd=REPO, env=torchrun_env(env), capture_output=True,
+                          text=True, timeout=timeout)

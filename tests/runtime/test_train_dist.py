@@ -4,14 +4,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.runtime.helpers import REPO, TINY, read_metrics, tiny_overrides, torchrun
+from tests.runtime.helpers import REPO, TINY, read_metrics, tiny_overrides, torchrun, torchrun_cmd, torchrun_env
 from vosr.runtime.checkpoint import complete_checkpoints
 
 pytestmark = pytest.mark.dist
@@ -42,17 +42,19 @@ def test_killed_run_resumes_from_last_checkpoint(photo_shards, tmp_path):
     run_dir = tmp_path / "killed"
     args = ["--config", TINY, *tiny_overrides(photo_shards[0].parent, run_dir, "engine.zero_stage=2",
                                               "checkpoint.every_steps=2", "optim.max_steps=400")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
-           "-m", "vosr.train", *args]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(torchrun_cmd("vosr.train", args), cwd=REPO, env=torchrun_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 240
         while not complete_checkpoints(run_dir / "checkpoints") and time.time() < deadline:
             time.sleep(0.5)
         assert complete_checkpoints(run_dir / "checkpoints"), "no checkpoint before the deadline"
     finally:
+        # torchrun starts each rank in its own session, so kill the whole tree, ranks first (a node dying).
+        ranks = psutil.Process(proc.pid).children(recursive=True)
+        for p in ranks:
+            p.send_signal(signal.SIGKILL)
+        psutil.wait_procs(ranks, timeout=30)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     saved = int(complete_checkpoints(run_dir / "checkpoints")[-1].name.split("_")[1])

@@ -118,7 +118,8 @@ class Checkpointer:
         if rng_file.is_file():
             set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False), generators)
         else:
-            logger.warning("no RNG state for rank %d in %s (world size changed?): RNG streams restart", self.rank, folder)
+            logger.warning("no RNG state for rank %d in %s (world size changed?): RNG streams restart",
+                           self.rank, folder)
         return client.get("vosr", {})
 
     def _prune(self) -> None:

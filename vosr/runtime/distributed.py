@@ -79,12 +79,17 @@ def select_device(info: WorldInfo) -> torch.device:
     return torch.device("cpu")
 
 
+_SAVED_ENV: dict[str, str | None] = {}
+"""Rendezvous variables as they were before ``init_distributed`` set them (restored by ``destroy``)."""
+
+
 def init_distributed(info: WorldInfo, backend: str = "auto", timeout_min: int = 30) -> None:
     """Create the process group (DeepSpeed's, so its comm layer knows it) for any world size."""
     import deepspeed
 
     for key, value in (("RANK", info.rank), ("WORLD_SIZE", info.world_size), ("LOCAL_RANK", info.local_rank),
                        ("MASTER_ADDR", info.master_addr), ("MASTER_PORT", info.master_port)):
+        _SAVED_ENV.setdefault(key, os.environ.get(key))
         os.environ[key] = str(value)
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR") != "cpu" else "gloo"
@@ -103,9 +108,25 @@ def barrier() -> None:
 
 
 def destroy() -> None:
-    """Tear the process group down explicitly (avoids aborts at interpreter shutdown)."""
+    """Tear the process group down explicitly (avoids aborts at interpreter shutdown).
+
+    Through DeepSpeed's comm layer, so it also drops its cached groups, and with the rendezvous
+    variables ``init_distributed`` set put back: a second run in the same process (tests, a
+    notebook) starts from a clean slate instead of a stale group or port.
+    """
     if is_initialized():
-        dist.destroy_process_group()
+        import deepspeed.comm
+
+        if deepspeed.comm.is_initialized():
+            deepspeed.comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
+    for key, value in _SAVED_ENV.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    _SAVED_ENV.clear()
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
