@@ -12,25 +12,9 @@ from torch import nn
 from vosr import metrics
 from vosr.config import RunConfig
 from vosr.data.stream import build_val_batches
+from vosr.images import make_grid
 
 logger = logging.getLogger(__name__)
-
-
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """(3,H,W) in [0,1] -> HxWx3 uint8."""
-    return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-
-
-def make_grid(rows: list[list[torch.Tensor]]) -> np.ndarray:
-    """Rows of (3,H,W) images in [0,1], equal sizes, into one HxWx3 uint8 picture with 2-px gaps."""
-    gap = 2
-    h, w = rows[0][0].shape[-2:]
-    cols = max(len(r) for r in rows)
-    canvas = np.full((len(rows) * (h + gap) - gap, cols * (w + gap) - gap, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            canvas[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = to_uint8(img)
-    return canvas
 
 
 class Validator:
@@ -53,7 +37,8 @@ class Validator:
         self.hr, self.parts, self.scale = hr, parts, cfg.data.scale
         self.noise = torch.randn(self.z_lq.shape, generator=gen, device=device)
         self.out_dir = run_dir / "val"
-        self._lpips = metrics.load_lpips(device) if hasattr(metrics, "load_lpips") else None
+        # LPIPS joins when its weights are on disk; otherwise MetricSuite logs why it is absent.
+        self._metrics = metrics.MetricSuite(["psnr", "ssim", "lpips"], device=device, crop_border=cfg.data.scale)
         logger.info("validation set: %d images of %dx%d", hr.shape[0], hr.shape[-2], hr.shape[-1])
 
     @torch.no_grad()
@@ -76,9 +61,6 @@ class Validator:
         return scalars, path, grid
 
     def _score(self, name: str, out: torch.Tensor) -> dict[str, float]:
-        psnr = float(np.mean([metrics.psnr_y(o, h, crop_border=self.scale) for o, h in zip(out, self.hr)]))
-        ssim = float(np.mean([metrics.ssim_y(o, h, crop_border=self.scale) for o, h in zip(out, self.hr)]))
-        scores = {f"val/{name}/psnr_y(dB)": psnr, f"val/{name}/ssim_y": ssim}
-        if self._lpips is not None:
-            scores[f"val/{name}/lpips"] = float(self._lpips(out * 2 - 1, self.hr * 2 - 1).mean())
-        return scores
+        labels = {"psnr": "psnr_y(dB)", "ssim": "ssim_y", "lpips": "lpips"}
+        values = self._metrics.compute(out, self.hr)
+        return {f"val/{name}/{labels[k]}": float(np.mean(v)) for k, v in values.items()}
