@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tarfile
 from pathlib import Path
 
@@ -20,6 +21,20 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_wandb():
+    """Shut down the wandb service an in-process run started, after each test.
+
+    wandb.init exports WANDB_SERVICE; subprocesses of later tests (torchrun, sbatch) would
+    inherit it and attach to this process's service, which still holds the state of runs they
+    are meant to resume (after a SIGKILL, say), instead of starting their own as on a cluster.
+    """
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+    os.environ.pop("WANDB_SERVICE", None)
 
 
 def real_photos() -> list[np.ndarray]:

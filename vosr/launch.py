@@ -2,7 +2,7 @@
 
     python -m vosr.launch teacher --config configs/teacher/x4.yaml optim.lr=2e-4 --nodes 4
     python -m vosr.launch distill --config configs/distill/x4.yaml --time 1440 --partition gpu
-    python -m vosr.launch pack --cluster slurm --nodes 1 --gpus-per-node 0 -- --input DIR --out SHARDS
+    python -m vosr.launch pack --cluster slurm --nodes 1 --gpus-per-node 0 -- DIR --out SHARDS
     python -m vosr.launch teacher --config configs/tiny.yaml --cluster local --gpus-per-node 0 --tasks-per-node 2
 
 The config is loaded and validated here (``vosr.config.load_run_config``) before anything is

@@ -57,8 +57,14 @@ class MetricsLogger:
         import wandb  # imported here only: the one place wandb is used
 
         self._wandb = wandb
-        self._run = wandb.init(project=cfg.project, name=name, id=run_id, resume="allow", dir=str(run_dir),
-                               mode=cfg.wandb_mode, config=config, settings=wandb.Settings(console="off"))
+        try:
+            self._run = wandb.init(project=cfg.project, name=name, id=run_id, resume="allow", dir=str(run_dir),
+                                   mode=cfg.wandb_mode, config=config, settings=wandb.Settings(console="off"))
+        except Exception as err:  # a logging backend must never stop (or, on rank 0 only, hang) a training run
+            logger.error("wandb did not start (%s: %s); metrics go to %s only", type(err).__name__, err,
+                         self._jsonl)
+            self.enabled = False
+            return
         self.run_id = self._run.id
         logger.info("wandb run %s (%s) in %s", self.run_id, cfg.wandb_mode, run_dir)
 
