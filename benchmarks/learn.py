@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unshuffle", type=int, default=4 if gpu else 2,
                    help="pixel space: space-to-depth factor (tokens carry unshuffle^2 x patch^2 x 3 values)")
     p.add_argument("--guidance", type=float, default=1.0, help="teacher sampling guidance s")
-    p.add_argument("--crop", type=int, default=256 if gpu else 128, help="HR training crop side")
+    p.add_argument("--crop", type=int, default=256 if gpu else 64, help="HR training crop side")
     p.add_argument("--batch", type=int, default=32 if gpu else 8, help="micro-batch")
     p.add_argument("--lr", type=float, default=3e-4 if gpu else 2e-3)
     p.add_argument("--eval-crop", type=int, default=512 if gpu else 256, help="held-out HR centre crop")

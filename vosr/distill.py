@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 from vosr.config import RunConfig
 from vosr.distill_objective import distill_loss
 from vosr.export import load_export
-from vosr.flow import sample_euler, sample_one_step
+from vosr.flow import randn, sample_euler, sample_one_step
 from vosr.loop import run_training
 from vosr.models.weights import load_vosr_weights
 from vosr.trainer import FrozenParts, Objective, build_model, load_cli_config, model_flops
@@ -54,13 +55,58 @@ def build_teacher_and_student(cfg: RunConfig, parts: FrozenParts,
     return teacher, student
 
 
-def student_objective(cfg: RunConfig, teacher: nn.Module, student: nn.Module, parts: FrozenParts) -> Objective:
+PerceptualTerm = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Generator], torch.Tensor]
+
+
+def lpips_term(parts: FrozenParts, device: torch.device) -> PerceptualTerm:
+    """LPIPS (AlexNet) between the decoded one-step sample and the decoded HQ latent.
+
+    The one-step sample is taken as at inference (``t = 1, r = 0``, clean ``lq`` and tokens)
+    and decoded with gradients through the frozen decoder. Raises, naming
+    ``distill.lpips_weight``, when the LPIPS weights are not on disk (never random weights).
+    """
+    from vosr.metrics import lpips_unavailable_reason
+
+    reason = lpips_unavailable_reason()
+    if reason is not None:
+        raise FileNotFoundError(f"distill.lpips_weight > 0 needs LPIPS: {reason}; or set distill.lpips_weight=0")
+    import lpips
+
+    net = lpips.LPIPS(net="alex", verbose=False).to(device).eval().requires_grad_(False)
+
+    def term(student: nn.Module, z_hq: torch.Tensor, z_lq: torch.Tensor, sem: torch.Tensor | None,
+             generator: torch.Generator) -> torch.Tensor:
+        batch = z_hq.shape[0]
+        noise = randn(tuple(z_hq.shape), generator, z_hq.device).to(z_hq.dtype)
+        t, r = torch.ones(batch, device=z_hq.device), torch.zeros(batch, device=z_hq.device)
+        z0 = noise - student(torch.cat([z_lq, noise], dim=1), t, sem, r).to(noise.dtype)
+        image = parts.autoencoder.decode(z0).float()
+        with torch.no_grad():
+            reference = parts.autoencoder.decode(z_hq).float().clamp(0, 1)
+        return net(image * 2 - 1, reference * 2 - 1).mean()
+
+    return term
+
+
+def student_objective(cfg: RunConfig, teacher: nn.Module, student: nn.Module, parts: FrozenParts,
+                      perceptual: PerceptualTerm | None = None) -> Objective:
+    """RCGM/shortcut distillation, plus ``distill.lpips_weight`` x ``perceptual`` when given."""
     flow, dist = cfg.flow, cfg.distill
+
+    def loss(m: nn.Module, z_hq: torch.Tensor, z_lq: torch.Tensor, sem: torch.Tensor | None,
+             gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        total, stats = distill_loss(m, teacher, z_hq, z_lq, sem, flow, dist, gen)
+        if perceptual is not None:
+            lp = perceptual(m, z_hq, z_lq, sem, gen)
+            total = total + dist.lpips_weight * lp.float()
+            stats = {**stats, "loss/lpips": float(lp.detach()), "loss/distill": float(total.detach())}
+        return total, stats
+
     # Per sample: 2 teacher forwards, 2 student forwards with backward (x3), RCGM: N sub-steps + nothing else.
     no_grad_student = dist.num_substeps if dist.objective == "rcgm" else 2
     return Objective(
         name="student",
-        loss=lambda m, z_hq, z_lq, sem, gen: distill_loss(m, teacher, z_hq, z_lq, sem, flow, dist, gen),
+        loss=loss,
         sample=lambda m, z_lq, sem, noise: sample_one_step(m, z_lq, sem, noise),
         extra_samplers={"teacher": lambda m, z_lq, sem, noise: sample_euler(
             teacher, z_lq, sem, noise, steps=flow.sample_steps, guidance=flow.guidance, weak_anchor=flow.weak_anchor)},
@@ -70,7 +116,8 @@ def student_objective(cfg: RunConfig, teacher: nn.Module, student: nn.Module, pa
 
 def build_distill(cfg: RunConfig, parts: FrozenParts, device: torch.device) -> tuple[nn.Module, Objective]:
     teacher, student = build_teacher_and_student(cfg, parts, device)
-    return student, student_objective(cfg, teacher, student, parts)
+    perceptual = lpips_term(parts, device) if cfg.distill.lpips_weight > 0 else None
+    return student, student_objective(cfg, teacher, student, parts, perceptual)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.stage != "distill":
         raise SystemExit(f"config has stage={cfg.stage}; use python -m vosr.train, or set stage=distill")
     teacher_weights_path(cfg.distill.teacher)  # fail before any heavy work
+    if cfg.distill.lpips_weight > 0:
+        from vosr.metrics import lpips_unavailable_reason
+
+        if (reason := lpips_unavailable_reason()) is not None:
+            raise SystemExit(f"distill.lpips_weight={cfg.distill.lpips_weight} needs LPIPS: {reason}")
     return run_training(cfg, build_distill)
 
 

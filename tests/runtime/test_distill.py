@@ -89,3 +89,21 @@ def test_two_process_zero_distill_with_resume(teacher_run, photo_shards, tmp_pat
     assert "resumed from" in (run_dir / "log.txt").read_text()
     assert [p.name for p in complete_checkpoints(run_dir / "checkpoints")] == ["step_00000002", "step_00000004"]
     assert sorted(read_metrics(run_dir)) == [1, 2, 3, 4]
+
+
+def test_optional_lpips_term_trains_through_the_decoder(teacher_run, photo_shards, tmp_path):
+    from vosr.metrics import lpips_unavailable_reason
+
+    if (reason := lpips_unavailable_reason()) is not None:
+        pytest.skip(reason)
+    run_dir = tmp_path / "student_lpips"
+    args = ["--config", TINY_DISTILL, f"distill.teacher={teacher_run}", "distill.lpips_weight=0.5",
+            *tiny_overrides(photo_shards[0].parent, run_dir, "optim.max_steps=2", "checkpoint.every_steps=2")]
+    assert distill.main(args) == 0
+    metrics = read_metrics(run_dir)
+    for step in (1, 2):
+        lp, total = metrics[step]["loss/lpips"], metrics[step]["loss/distill"]
+        assert 0 < lp < 2 and math.isfinite(total)
+        # The logged total includes the weighted LPIPS term.
+        assert total == pytest.approx(metrics[step]["loss/distill_v"] + metrics[step]["loss/distill_u"] + 0.5 * lp,
+                                      rel=1e-4)

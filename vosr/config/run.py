@@ -152,6 +152,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         _check(self.delta > 0, "distill.delta must be > 0")
         _check(self.num_substeps >= 1, "distill.num_substeps must be >= 1")
+        _check(self.lpips_weight >= 0, "distill.lpips_weight must be >= 0 (0 = off)")
         _check((self.guidance_t_start is None) == (self.guidance_t_end is None),
                "distill.guidance_t_start and distill.guidance_t_end must be set together")
 
