@@ -25,10 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.random_parts import UNUSED_VAE_PATH, random_frozen_parts  # noqa: E402
 from vosr.config import load_run_config  # noqa: E402
 from vosr.flow import sample_one_step  # noqa: E402
-from vosr.models.autoencoder import DiffusersVAE, build_autoencoder, sd21_vae_config  # noqa: E402
-from vosr.models.semantic import build_semantic_encoder  # noqa: E402
 from vosr.trainer import FrozenParts, build_model  # noqa: E402
 
 STAGES = ("upsample", "encode", "semantic", "transformer", "decode")
@@ -37,7 +36,7 @@ STAGES = ("upsample", "encode", "semantic", "transformer", "decode")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--preset", default="0.5B" if gpu else "tiny",
+    p.add_argument("--preset", choices=("tiny", "0.5B"), default="0.5B" if gpu else "tiny",
                    help="model preset (default: 0.5B on GPU, tiny on CPU)")
     p.add_argument("--size", type=int, default=512 if gpu else 128, help="output side in pixels")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8] if gpu else [1, 4])
@@ -54,17 +53,9 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype):
     overrides = [f"model.preset={args.preset}", f"data.crop_size={args.size}", "semantic.random_init=true",
                  "semantic.path=null", f"model.compile={str(args.compile).lower()}"]
     if not tiny:
-        overrides.append("autoencoder.path=/nonexistent-random-weights")  # satisfies validation; never opened
+        overrides.append(UNUSED_VAE_PATH)
     cfg = load_run_config(str(base), overrides)
-    if tiny:
-        autoencoder = build_autoencoder(cfg.autoencoder)
-    else:  # the SD-2.1 VAE's architecture with random weights: same cost as the real one
-        import diffusers
-
-        autoencoder = DiffusersVAE(diffusers.AutoencoderKL(**sd21_vae_config()), video=False, scaling_factor=None)
-    autoencoder = autoencoder.to(device, dtype=dtype).eval()
-    semantic = build_semantic_encoder(cfg.semantic).to(device, dtype=dtype).eval()
-    parts = FrozenParts(degradation=None, autoencoder=autoencoder, semantic=semantic)  # type: ignore[arg-type]
+    parts = random_frozen_parts(cfg, device, dtype)
     model = build_model(cfg, parts, with_r=True).to(device, dtype=dtype).eval()
     return cfg, parts, model
 

@@ -29,21 +29,18 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.random_parts import UNUSED_VAE_PATH, random_frozen_parts  # noqa: E402
 from vosr.config import load_run_config  # noqa: E402
-from vosr.data.degrade import RealESRGANDegradation  # noqa: E402
-from vosr.models.autoencoder import DiffusersVAE, build_autoencoder, sd21_vae_config  # noqa: E402
-from vosr.models.semantic import build_semantic_encoder  # noqa: E402
 from vosr.runtime import distributed  # noqa: E402
 from vosr.runtime.engine import TrainEngine  # noqa: E402
 from vosr.runtime.perf import peak_flops  # noqa: E402
 from vosr.train import build_teacher  # noqa: E402
-from vosr.trainer import FrozenParts  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--preset", default="0.5B" if gpu else "tiny",
+    p.add_argument("--preset", choices=("tiny", "0.5B"), default="0.5B" if gpu else "tiny",
                    help="model preset (default: 0.5B on GPU, tiny on CPU)")
     p.add_argument("--micro", type=int, nargs="+", default=[8, 16, 32] if gpu else [2, 4], help="micro-batch sizes")
     p.add_argument("--crop", type=int, default=512 if gpu else 64, help="HR crop side (512 -> 64x64 SD latents)")
@@ -67,21 +64,10 @@ def build(args: argparse.Namespace, micro: int, device: torch.device):
                  f"model.grad_checkpointing={str(args.grad_ckpt).lower()}", "semantic.random_init=true",
                  "semantic.path=null"]
     if not tiny:
-        overrides += ["autoencoder.path=/nonexistent-random-weights"]  # satisfies validation; never opened
-        if args.preset == "1.4B":
-            overrides += ["semantic.timm_name=vit_large_patch14_dinov2", "semantic.block_index=17"]
+        overrides += [UNUSED_VAE_PATH]
     cfg = load_run_config(str(base), overrides)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if tiny:
-        autoencoder = build_autoencoder(cfg.autoencoder)
-    else:  # the SD-2.1 VAE's architecture with random weights: same cost as the real one
-        import diffusers
-
-        autoencoder = DiffusersVAE(diffusers.AutoencoderKL(**sd21_vae_config()), video=False, scaling_factor=None)
-    autoencoder = autoencoder.to(device, dtype=dtype).eval()
-    semantic = build_semantic_encoder(cfg.semantic).to(device, dtype=dtype).eval()
-    parts = FrozenParts(degradation=RealESRGANDegradation(cfg.degradation), autoencoder=autoencoder,
-                        semantic=semantic)
+    parts = random_frozen_parts(cfg, device, dtype)
     model, objective = build_teacher(cfg, parts, device)
     world = distributed.world_info_from_env()
     engine = TrainEngine(model, cfg.engine, cfg.optim, micro_batch=micro, world=world, device=device)

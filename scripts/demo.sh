@@ -29,11 +29,12 @@ mapfile -t WALLPAPERS < <("$PY" data_tools/photos.py wallpapers)
 stage "2/6 stream + degrade: LR | LR upsampled | HR pairs"
 "$PY" data_tools/preview.py --shards "$OUT/shards" --out "$OUT/pairs.png"
 
-# Small but real: pixel space (no pretrained autoencoder), random-weight DINOv2-shaped encoder,
-# 128-px HR crops -> 32-px LR, the full Real-ESRGAN degradation, one process with DeepSpeed.
-COMMON=("data.train=[{shards: '$OUT/shards'}]" data.crop_size=128 data.batch_size=8 data.num_workers=1
+# Small but real: pixel space (no pretrained autoencoder; 2x2 space-to-depth so a width-64
+# token can carry its pixels), random-weight DINOv2-shaped encoder, 64-px HR crops -> 16-px LR,
+# the full Real-ESRGAN degradation, one process with DeepSpeed.
+COMMON=("data.train=[{shards: '$OUT/shards'}]" data.crop_size=64 data.batch_size=8 data.num_workers=1
         data.val="$OUT/shards" data.val_size=4 log.every_steps=25 checkpoint.every_steps=100
-        semantic.input_size=112)
+        autoencoder.pixel_unshuffle=2)
 
 stage "3/6 teacher: flow matching with partial conditioning ($TEACHER_STEPS steps)"
 "$PY" -m vosr.train --config configs/tiny.yaml "${COMMON[@]}" run_dir="$OUT/teacher" \
