@@ -31,6 +31,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from data_tools.photos import wallpaper_dirs, write_heldout  # noqa: E402
+from vosr.data.degrade import upsample_lr  # noqa: E402
 from vosr.images import list_images, read_image, save_image, to_tensor, to_uint8  # noqa: E402
 
 
@@ -70,7 +71,7 @@ def bicubic_folder(lr_dir: Path, out: Path) -> None:
     """Bicubic ×4 of every LR image (the baseline row)."""
     for path in list_images(lr_dir):
         lr = to_tensor(read_image(path).rgb)
-        up = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic").clamp(0, 1)
+        up = upsample_lr(lr, (lr.shape[-2] * 4, lr.shape[-1] * 4))  # the model's own LR upsampling
         save_image(out / f"{path.stem}.png", to_uint8(up))
 
 

@@ -1,6 +1,7 @@
 """Properties of the one-step distillation objective (METHOD.md §5) on toy flows with known answers."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from tests import toy_models
 from vosr.config.run import DistillConfig, FlowConfig
 from vosr.distill_objective import (
     distill_loss,
@@ -36,28 +38,7 @@ class LinearFlowOracle(nn.Module):
         return self.scale * (x - x0) / t.to(x.dtype).clamp(min=1e-3).view(-1, 1, 1, 1)
 
 
-class ToyStudent(nn.Module):
-    """A nonlinear conditional model of (x, t, r, sem); records each call's batch size and r."""
-
-    def __init__(self, channels: int = C, sem_dim: int = D, seed: int = 7) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv = nn.Conv2d(2 * channels, channels, 3, padding=1)
-        self.sem_proj = nn.Linear(sem_dim, channels)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-        self.calls: list[tuple[int, bool]] = []
-
-    def forward(self, x_in: Tensor, t: Tensor, sem: Tensor | None, r: Tensor | None = None) -> Tensor:
-        self.calls.append((x_in.shape[0], r is None))
-        t_b = t.view(-1, 1, 1, 1)
-        h = torch.tanh(self.conv(x_in)) * (1 + t_b)
-        if r is not None:
-            h = h + (t_b - r.view(-1, 1, 1, 1)) * torch.sin(3 * h)
-        if sem is not None:
-            h = h + torch.tanh(self.sem_proj(sem).mean(1))[:, :, None, None]
-        return h
+ToyStudent = functools.partial(toy_models.ToyStudent, C, D)
 
 
 def _batch(dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor]:

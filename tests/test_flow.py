@@ -1,10 +1,13 @@
 """Properties of the rectified-flow objective and samplers (METHOD.md §4) on small toy models."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import Tensor, nn
 
+from tests import toy_models
 from vosr.config.run import FlowConfig
 from vosr.flow import (
     flow_loss,
@@ -22,25 +25,7 @@ from vosr.flow import (
 B, C, H, W, N, D = 3, 4, 8, 8, 5, 6
 
 
-class ToyVelocity(nn.Module):
-    """A small conditional velocity net with the DiT calling convention; records each call's batch and r."""
-
-    def __init__(self, channels: int = C, sem_dim: int = D) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(7)
-        self.conv = nn.Conv2d(2 * channels, channels, 3, padding=1)
-        self.sem_proj = nn.Linear(sem_dim, channels)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-        self.calls: list[tuple[int, bool]] = []
-
-    def forward(self, x_in: Tensor, t: Tensor, sem: Tensor | None, r: Tensor | None = None) -> Tensor:
-        self.calls.append((x_in.shape[0], r is None))
-        h = self.conv(x_in) * (1 + t.view(-1, 1, 1, 1))
-        if sem is not None:
-            h = h + torch.tanh(self.sem_proj(sem).mean(1))[:, :, None, None]
-        return h
+ToyVelocity = functools.partial(toy_models.ToyVelocity, C, D)
 
 
 class ConstantVelocity(nn.Module):

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import dataclasses
 import logging
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -102,6 +101,12 @@ def check_paths(cfg: RunConfig) -> None:
     for key, value in wanted:
         if value is not None and not Path(value).expanduser().exists():
             raise FileNotFoundError(f"{key}={value} does not exist; set {key} to a local file")
+    if cfg.stage == "distill" and cfg.distill.lpips_weight > 0:
+        from vosr.metrics import lpips_unavailable_reason
+
+        if (reason := lpips_unavailable_reason()) is not None:
+            raise FileNotFoundError(f"distill.lpips_weight={cfg.distill.lpips_weight} needs LPIPS: {reason}; "
+                                    "or set distill.lpips_weight=0")
     resolve_sources(cfg.data)  # raises FileNotFoundError naming data.train / data.mix_file
 
 
@@ -133,20 +138,9 @@ def build_frozen_parts(cfg: RunConfig, device: torch.device) -> FrozenParts:
     return FrozenParts(degradation=RealESRGANDegradation(cfg.degradation), autoencoder=autoencoder, semantic=semantic)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def setup_world(cfg: RunConfig) -> tuple[distributed.WorldInfo, torch.device]:
-    """Process group from torchrun/Slurm env (a private port for a lone process)."""
+    """Process group from torchrun/Slurm env, or a lone process on a private port."""
     info = distributed.world_info_from_env()
-    if info.source == "single":
-        import os
-
-        info = distributed.WorldInfo(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1",
-                                     master_port=int(os.environ.get("MASTER_PORT", 0)) or _free_port(), source="single")
     device = distributed.select_device(info)
     distributed.init_distributed(info, cfg.engine.backend)
     set_backend_flags(device, cfg.engine.deterministic)

@@ -34,7 +34,7 @@ class Validator:
         hr = torch.cat([b["hr"] for b in batches])[: cfg.data.val_size].to(device)
         gen = torch.Generator(device=device).manual_seed(cfg.seed + 12345)  # fixed across the run and restarts
         _, self.z_lq, self.sem, self.lr_up = parts.encode_pair(hr, gen, train=False)
-        self.hr, self.parts, self.scale = hr, parts, cfg.data.scale
+        self.hr, self.parts = hr, parts
         self.noise = torch.randn(self.z_lq.shape, generator=gen, device=device)
         self.out_dir = run_dir / "val"
         # LPIPS joins when its weights are on disk; otherwise MetricSuite logs why it is absent.

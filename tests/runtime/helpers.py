@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
+
+from vosr.runtime.distributed import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -26,13 +27,6 @@ def read_metrics(run_dir: Path) -> dict[int, dict[str, float]]:
         rec = json.loads(line)
         out.setdefault(rec["step"], {}).update(rec)
     return out
-
-
-def free_port() -> int:
-    """A TCP port free right now on localhost."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun_cmd(module: str, args: list[str], nproc: int = 2) -> list[str]:

@@ -21,6 +21,12 @@ class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names the key."""
 
 
+def check(cond: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``cond``: the one validation primitive of the config dataclasses."""
+    if not cond:
+        raise ValueError(message)
+
+
 def resolve_path(path: str | Path, base_dir: Path | None = None) -> Path:
     """Find ``path`` as given, then under ``base_dir``, the working directory and the repo root."""
     path = Path(path).expanduser()

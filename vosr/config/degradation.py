@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vosr.config.core import check as _check
+
 BLUR_KINDS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 RESIZE_MODES = ("area", "bilinear", "bicubic")
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
 
 
 def _check_range(name: str, rng: tuple[float, float], low: float = 0.0) -> None:

@@ -8,12 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from vosr.config.core import check as _check
 from vosr.config.degradation import DegradationConfig
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
 
 
 @dataclass(kw_only=True)

@@ -8,6 +8,7 @@ import datetime
 import logging
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -52,6 +53,13 @@ def expand_nodelist(nodelist: str) -> list[str]:
     return hosts
 
 
+def free_port() -> int:
+    """A TCP port that is free on localhost right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def world_info_from_env(env: Mapping[str, str] | None = None) -> WorldInfo:
     """Read rank/world from torchrun (or submitit's export), else Slurm ``srun`` tasks, else one process."""
     env = os.environ if env is None else env
@@ -67,8 +75,9 @@ def world_info_from_env(env: Mapping[str, str] | None = None) -> WorldInfo:
         return WorldInfo(rank=int(env["SLURM_PROCID"]), world_size=int(env["SLURM_NTASKS"]),
                          local_rank=int(env.get("SLURM_LOCALID", 0)),
                          master_addr=env.get("MASTER_ADDR", hosts[0]), master_port=port, source="slurm")
+    # A lone process gets a free port, so several of them (tests, benchmarks) never collide on a default.
     return WorldInfo(rank=0, world_size=1, local_rank=0, master_addr="127.0.0.1",
-                     master_port=int(env.get("MASTER_PORT", 29500)), source="single")
+                     master_port=int(env.get("MASTER_PORT", 0)) or free_port(), source="single")
 
 
 def select_device(info: WorldInfo) -> torch.device:
