@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from vosr.config import LogConfig
 from vosr.runtime.metrics import MetricsLogger
@@ -30,4 +31,7 @@ def test_offline_run_resumes_by_id(tmp_path):
                            config={})
     assert second.enabled and second.run_id == run_id
     second.close()
-    assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    # wandb names a second directory of the same id in the same second "<...>-<id>-1".
+    same_id = re.compile(rf"offline-run-\d{{8}}_\d{{6}}-{run_id}(-\d+)?")
+    run_dirs = [p.name for p in (tmp_path / "wandb").iterdir() if same_id.fullmatch(p.name)]
+    assert len(run_dirs) == 2, run_dirs
