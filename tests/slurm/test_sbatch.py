@@ -23,6 +23,8 @@ args = sys.argv[1:]
 module = args[args.index("-m") + 1]
 over = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
 run_dir, steps = Path(over["run_dir"]), int(over.get("steps", "4"))
+# seconds per step; a requeued run may go faster ("restart_step_s") so it ends before its own time limit
+step_s = float(over.get("restart_step_s" if int(os.environ.get("SLURM_RESTART_COUNT", "0")) else "step_s", "0.25"))
 rank = int(os.environ["SLURM_PROCID"])
 run_dir.mkdir(parents=True, exist_ok=True)
 ckpt = run_dir / f"ckpt_rank{{rank}}.txt"
@@ -33,7 +35,7 @@ if step:
     print(f"rank {{rank}} resumed from step {{step}}", flush=True)
 flag = PreemptionFlag().install()
 while step < steps:
-    time.sleep(0.25)
+    time.sleep(step_s)
     step += 1
     if step % 2 == 0 or flag.requested:
         ckpt.write_text(str(step))
@@ -91,6 +93,29 @@ def test_sbatch_usr1_saves_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp
     assert len(saved) == 1 and 0 < saved[0] < 40, text
     assert f"rank 0 resumed from step {saved[0]}" in text and "rank 1 resumed from step" in text, text
     assert all((run_dir / f"done_rank{r}").read_text() == "40" for r in (0, 1))
+
+
+def test_time_limit_signal_saves_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """The real thing, no scancel: a 1-minute job whose ``--signal=B:USR1@50`` fires before its time limit.
+
+    Its 400 steps need 100 s, so only the time-limit signal can end the first run in time; the requeued
+    run goes fast and finishes within its own minute.
+    """
+    env, run_dir = _standin(tmp_path), tmp_path / "run"
+    log = tmp_path / "slurm-%j.out"
+    flags = [f for f in CPU_FLAGS if not f.startswith("--time")] + ["--time=1", "--signal=B:USR1@50"]
+    job = slurm_cluster.sbatch([*flags, f"--output={log}", "slurm/train_teacher.sh", "configs/tiny.yaml",
+                                f"run_dir={run_dir}", "steps=400", "restart_step_s=0.002"], env=env)
+    log = Path(str(log).replace("%j", job))
+    info = slurm_cluster.wait(job, 180, log)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, text)
+    assert int(info["Restarts"]) == 1, text
+    assert "received USR1: forwarding to srun" in text and "requeueing job" in text, text
+    saved = [int(s) for s in re.findall(r"rank 0 preempted \(SIGUSR1\) at step (\d+)", text)]
+    assert len(saved) == 1 and 0 < saved[0] < 400, text
+    assert f"rank 0 resumed from step {saved[0]}" in text, text
+    assert all((run_dir / f"done_rank{r}").read_text() == "400" for r in (0, 1))
 
 
 def test_sbatch_needs_a_config(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
