@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unshuffle", type=int, default=4 if gpu else 2,
                    help="pixel space: space-to-depth factor (tokens carry unshuffle^2 x patch^2 x 3 values)")
     p.add_argument("--guidance", type=float, default=1.0, help="teacher sampling guidance s")
+    p.add_argument("--distill-guidance", type=float, default=None,
+                   help="omega of the teacher velocity the student learns (default: --guidance, so the student "
+                        "is compared with the teacher it imitates; METHOD.md's 0.5 suits a fully trained teacher)")
     p.add_argument("--crop", type=int, default=256 if gpu else 64, help="HR training crop side")
     p.add_argument("--batch", type=int, default=32 if gpu else 8, help="micro-batch")
     p.add_argument("--lr", type=float, default=3e-4 if gpu else 2e-3)
@@ -85,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# learn: pixel-space teacher {args.depth}x{args.width}, {args.teacher_steps} + {args.student_steps} "
           f"steps at batch {args.batch}, {args.crop}^2 crops, on {env_note}; log {log}", flush=True)
     times = {}
+    distill_guidance = args.guidance if args.distill_guidance is None else args.distill_guidance
     times["pack"] = run([py, "data_tools/pack.py", *map(str, wallpaper_dirs()), "--out", str(out / "shards"),
                          "--min-size", "512", "--crop-size", "1024", "--format", "jpg", "--quality", "95",
                          "--max-samples", "128", "--workers", str(max(1, min(8, os.cpu_count() or 1))),
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     times["student"] = run([py, "-m", "vosr.distill", "--config", "configs/tiny_distill.yaml", *common,
                             f"run_dir={out / 'student'}", f"distill.teacher={out / 'teacher'}",
                             f"optim.max_steps={args.student_steps}", f"optim.lr={args.lr / 2}",
-                            "optim.ema_decay=0.999", "flow.sample_steps=25"], log)
+                            "optim.ema_decay=0.999", "flow.sample_steps=25", f"distill.guidance={distill_guidance}"],
+                           log)
     write_heldout(out / "heldout")
     rows = []
     for protocol in ("realesrgan", "bicubic"):
