@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real one-node Slurm cluster on this machine, for tests and CI (no systemd needed).
+# A real local Slurm cluster on this machine, for tests and CI (no systemd needed).
 #
 #   scripts/local_slurm.sh start    # idempotent: config, munge key, daemons, wait for an idle node
 #   scripts/local_slurm.sh stop     # stop slurmd, slurmctld and munged (by their pid files)
@@ -7,9 +7,13 @@
 #
 # Needs the Debian packages `slurmctld slurmd slurm-client munge` (CI:
 # `apt-get install -y --no-install-recommends slurmctld slurmd slurm-client munge`) and root
-# (or password-less sudo). The node is this host (`hostname -s`) with its real CPU count and
-# memory (from `slurmd -C`), in one default partition `debug`. `AuthInfo=cred_expire=10` lets a
-# requeued job start again after ~10 s instead of the default 120 s.
+# (or password-less sudo). Partition `debug` (default) is this host (`hostname -s`) with its real
+# CPU count and memory (from `slurmd -C`). Partition `multinode` holds two more nodes,
+# `vosr-n1` and `vosr-n2` (1 CPU each), served by two more slurmd daemons on this host
+# (`slurmd -N`, own port, NodeAddr=127.0.0.1): a job there really spans two Slurm nodes, so
+# the multi-node paths (srun across nodes, SLURM_NODEID, the rendezvous through the first
+# node's NodeAddr) run for real. `AuthInfo=cred_expire=10` lets a requeued job start again
+# after ~10 s instead of the default 120 s.
 #
 # Environment knobs:
 #   SLURM_CONF_DIR   where slurm.conf is written (default /etc/slurm)
@@ -24,7 +28,9 @@ CONF="$CONF_DIR/slurm.conf"
 WAIT_S="${SLURM_WAIT_S:-60}"
 RUN_DIR=/run/slurm
 CTLD_PID="$RUN_DIR/slurmctld.pid"
-SLURMD_PID="$RUN_DIR/slurmd.pid"
+VIRTUAL_NODES=(vosr-n1 vosr-n2)
+VIRTUAL_PORT0=17001  # vosr-n1 listens on 17001, vosr-n2 on 17002 (the host's slurmd on 6818)
+slurmd_pidfile() { echo "$RUN_DIR/slurmd-$1.pid"; }  # matches SlurmdPidFile=.../slurmd-%n.pid
 MUNGE_PID=/run/munge/munged.pid
 
 log() { echo "[local_slurm] $*" >&2; }
@@ -60,13 +66,19 @@ node_line() {  # NodeName=<host> CPUs=... RealMemory=... as slurmd itself detect
     line="NodeName=$(hostname -s) CPUs=$(nproc) RealMemory=$mem_mb"
   fi
   echo "$line State=UNKNOWN"
+  local i mem_mb
+  mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 / 4)}' /proc/meminfo)
+  for i in "${!VIRTUAL_NODES[@]}"; do
+    echo "NodeName=${VIRTUAL_NODES[$i]} NodeHostname=$(hostname -s) NodeAddr=127.0.0.1" \
+         "Port=$((VIRTUAL_PORT0 + i)) CPUs=1 RealMemory=$mem_mb State=UNKNOWN"
+  done
 }
 
 render_conf() {
   local host
   host=$(hostname -s)
   cat <<EOF
-# Written by scripts/local_slurm.sh: a one-node test cluster.
+# Written by scripts/local_slurm.sh: a local test cluster (this host + two virtual nodes).
 ClusterName=vosr-local
 SlurmctldHost=$host
 SlurmUser=slurm
@@ -87,19 +99,22 @@ KillWait=10
 MinJobAge=600
 MailProg=/bin/true
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=$CTLD_PID
-SlurmdPidFile=$SLURMD_PID
+SlurmdPidFile=$RUN_DIR/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 $(node_line)
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=debug Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=multinode Nodes=$(IFS=,; echo "${VIRTUAL_NODES[*]}") MaxTime=INFINITE State=UP
 EOF
 }
 
 prepare_dirs() {
-  as_root mkdir -p "$CONF_DIR" /var/spool/slurmctld /var/spool/slurmd "$RUN_DIR" /var/log/slurm /run/munge
-  as_root chown slurm:slurm /var/spool/slurmctld /var/spool/slurmd "$RUN_DIR" /var/log/slurm
+  local node spools=()
+  for node in "$(hostname -s)" "${VIRTUAL_NODES[@]}"; do spools+=("/var/spool/slurmd/$node"); done
+  as_root mkdir -p "$CONF_DIR" /var/spool/slurmctld "${spools[@]}" "$RUN_DIR" /var/log/slurm /run/munge
+  as_root chown slurm:slurm /var/spool/slurmctld "$RUN_DIR" /var/log/slurm
   as_root chown munge:munge /run/munge
   as_root chmod 0755 /run/munge
 }
@@ -130,26 +145,34 @@ start_daemons() {  # start_daemons RESTART(0/1)
     log "starting slurmctld"
     as_root slurmctld -f "$CONF" || die "slurmctld failed; see /var/log/slurm/slurmctld.log"
   fi
-  if ! pid_alive "$SLURMD_PID"; then
-    log "starting slurmd"
-    as_root slurmd -f "$CONF" || die "slurmd failed; see /var/log/slurm/slurmd.log"
-  fi
+  local node
+  for node in "$(hostname -s)" "${VIRTUAL_NODES[@]}"; do
+    if ! pid_alive "$(slurmd_pidfile "$node")"; then
+      log "starting slurmd for node $node"
+      as_root slurmd -f "$CONF" -N "$node" || die "slurmd -N $node failed; see /var/log/slurm/slurmd-$node.log"
+    fi
+  done
 }
 
-wait_idle() {
-  local host state deadline=$((SECONDS + WAIT_S))
-  host=$(hostname -s)
+wait_idle() {  # every node idle (or busy with a job)
+  local node state deadline=$((SECONDS + WAIT_S)) waiting
   while ((SECONDS < deadline)); do
-    state=$(SLURM_CONF="$CONF" sinfo -h -N -n "$host" -o "%t" 2>/dev/null | head -n1 || true)
-    case "$state" in
-      idle|mix|alloc) log "node $host is $state"; return 0 ;;
-      down*|drain*|drng*) SLURM_CONF="$CONF" as_root scontrol update nodename="$host" state=resume 2>/dev/null || true ;;
-    esac
+    waiting=()
+    for node in "$(hostname -s)" "${VIRTUAL_NODES[@]}"; do
+      state=$(SLURM_CONF="$CONF" sinfo -h -N -n "$node" -o "%t" 2>/dev/null | head -n1 || true)
+      case "$state" in
+        idle|mix|alloc) ;;
+        down*|drain*|drng*) waiting+=("$node")
+          SLURM_CONF="$CONF" as_root scontrol update nodename="$node" state=resume 2>/dev/null || true ;;
+        *) waiting+=("$node") ;;
+      esac
+    done
+    if ((${#waiting[@]} == 0)); then log "nodes $(hostname -s) ${VIRTUAL_NODES[*]} are up"; return 0; fi
     sleep 0.5
   done
   SLURM_CONF="$CONF" sinfo -N -l >&2 || true
-  as_root tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
-  die "node $host not idle after ${WAIT_S}s"
+  as_root tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd-*.log >&2 || true
+  die "nodes ${waiting[*]} not idle after ${WAIT_S}s"
 }
 
 stop_pidfile() {  # stop_pidfile NAME PIDFILE
@@ -164,7 +187,9 @@ stop_pidfile() {  # stop_pidfile NAME PIDFILE
 }
 
 stop_slurm() {
-  stop_pidfile slurmd "$SLURMD_PID"
+  local pidfile
+  # every slurmd, including one started under an older config's single $RUN_DIR/slurmd.pid
+  for pidfile in "$RUN_DIR"/slurmd*.pid; do stop_pidfile slurmd "$pidfile"; done
   stop_pidfile slurmctld "$CTLD_PID"
 }
 
@@ -193,7 +218,7 @@ cmd_stop() {
 case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
-  status) SLURM_CONF="$CONF" sinfo -N -l || true; for f in "$MUNGE_PID" "$CTLD_PID" "$SLURMD_PID"; do
+  status) SLURM_CONF="$CONF" sinfo -N -l || true; for f in "$MUNGE_PID" "$CTLD_PID" "$RUN_DIR"/slurmd*.pid; do
             pid_alive "$f" && echo "$f: $(cat "$f") running" || echo "$f: not running"; done ;;
   *) echo "usage: $0 {start|stop|status}" >&2; exit 2 ;;
 esac

@@ -24,6 +24,7 @@
 #   VOSR_RUNS          parent of default run folders (default $VOSR_ROOT/runs)
 #   VOSR_MAX_REQUEUES  stop requeueing after this many restarts (default 100)
 #   VOSR_SRUN_ARGS     extra srun arguments (word-split), e.g. "--cpu-bind=none"
+#   VOSR_MASTER_ADDR   rendezvous address (default: NodeAddr of the job's first node)
 
 # Each srun task runs the rank under this wrapper. A rank that saved after preemption exits 75;
 # the wrapper records that in a marker file and exits 0, so `--kill-on-bad-exit` (which stops a
@@ -71,7 +72,11 @@ vosr_run_dir() {  # vosr_run_dir CONFIG [overrides...]: the run folder this job 
 vosr_export_world() {
   # The trainer reads SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; torchrun variables would win, so drop any.
   unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE
-  MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+  # The first node's NodeAddr: the address Slurm itself reaches it at (NodeName need not resolve).
+  local first addr
+  first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+  addr=$(scontrol show node "$first" 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n1)
+  MASTER_ADDR=${VOSR_MASTER_ADDR:-${addr:-$first}}
   MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
   export MASTER_ADDR MASTER_PORT
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}"

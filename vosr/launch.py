@@ -83,6 +83,21 @@ class Resources:
         return self.tasks_per_node or max(self.gpus_per_node, 1)
 
 
+def slurm_node_addr(node: str) -> str:
+    """The NodeAddr Slurm reaches ``node`` at (``node`` itself when scontrol cannot say).
+
+    NodeName need not be a resolvable host name (virtual nodes, a separate fabric's address), so
+    the rendezvous uses the address Slurm itself uses; ``VOSR_MASTER_ADDR`` overrides both.
+    """
+    try:
+        out = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return node
+    fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
+    return fields.get("NodeAddr") or node
+
+
 def _stage_main(stage: str):
     """The ``main(argv)`` of a stage, imported lazily (``data_tools`` lives beside the package)."""
     if str(REPO_ROOT) not in sys.path and (REPO_ROOT / "data_tools").is_dir():
@@ -107,8 +122,12 @@ class StageJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
                                                                          overwrite=True)
-        logger.info("%s: rank %d/%d on %s, master %s:%d, argv %s", self.stage, dist_env.rank,
-                    dist_env.world_size, env.hostname, dist_env.master_addr, dist_env.master_port, self.argv)
+        if env.cluster == "slurm":  # same rule as slurm/common.sh: the first node's NodeAddr
+            os.environ["MASTER_ADDR"] = os.environ.get("VOSR_MASTER_ADDR") or slurm_node_addr(dist_env.master_addr)
+        # Every rank, into its own task log (the stage's logging, set up later, shows INFO on rank 0 only).
+        print(f"[vosr.launch] {self.stage}: rank {dist_env.rank}/{dist_env.world_size} on {env.hostname} "
+              f"(node {env.node}), master {os.environ['MASTER_ADDR']}:{dist_env.master_port}, argv {self.argv}",
+              file=sys.stderr, flush=True)
         rc = _stage_main(self.stage)(list(self.argv))
         rc = 0 if rc is None else int(rc)
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))

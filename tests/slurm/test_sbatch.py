@@ -149,6 +149,28 @@ def test_teacher_sbatch_trains_checkpoints_and_exports(slurm_cluster: SlurmClust
     assert "finished 6 steps" in log.read_text()
 
 
+def test_teacher_sbatch_spans_two_nodes(slurm_cluster: SlurmCluster, photo_shards: list[Path],
+                                       tmp_path: Path) -> None:
+    """Two real Slurm nodes (the `multinode` partition's vosr-n1, vosr-n2), one rank each.
+
+    The node names do not resolve; the ranks meet at the first node's NodeAddr.
+    """
+    run_dir, log = tmp_path / "run", tmp_path / "slurm-%j.out"
+    flags = ["--partition=multinode", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0",
+             "--cpus-per-task=1", "--mem=0", "--time=10"]
+    job = slurm_cluster.sbatch([*flags, f"--output={log}", "slurm/train_teacher.sh",
+                                *tiny_args(photo_shards, run_dir, steps=4, every=2)])
+    log = Path(str(log).replace("%j", job))
+    info = slurm_cluster.wait(job, 180, log)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text[-4000:]
+    assert (info["NodeList"], info["NumNodes"], info["NumTasks"]) == ("vosr-n[1-2]", "2", "2"), info
+    assert "nodes vosr-n[1-2], master 127.0.0.1:" in text, text[-4000:]
+    ckpt = run_dir / "checkpoints" / "step_00000004"
+    assert (ckpt / "complete.json").is_file() and (ckpt / "rng_rank00001.pt").is_file()
+    assert "finished 4 steps" in text
+
+
 def test_teacher_sbatch_preempted_saves_requeues_and_resumes(slurm_cluster: SlurmCluster, photo_shards: list[Path],
                                                              tmp_path: Path) -> None:
     run_dir, log, steps = tmp_path / "run", tmp_path / "slurm-%j.out", 100

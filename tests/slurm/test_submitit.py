@@ -76,6 +76,22 @@ def test_submitit_runs_tiny_teacher(slurm_cluster: SlurmCluster, photo_shards: l
     assert (run_dir / "ema.safetensors").is_file()
 
 
+def test_submitit_teacher_spans_two_nodes(slurm_cluster: SlurmCluster, photo_shards: list[Path],
+                                         tmp_path: Path) -> None:
+    """Two real Slurm nodes, one rank each; the ranks meet at the first node's NodeAddr, not its name."""
+    run_dir = tmp_path / "run"
+    res = launch.Resources(nodes=2, gpus_per_node=0, tasks_per_node=1, cpus_per_task=1, time_min=10,
+                           partition="multinode")
+    argv = launch.build_argv("teacher", "configs/tiny.yaml", tiny_overrides(photo_shards, run_dir, 4, 2))
+    job = launch.submit("teacher", argv, res, cluster="slurm", folder=tmp_path / "submitit")
+    assert job.results() == [0, 0]
+    info = slurm_cluster.wait(job.job_id, 30)
+    assert (info["NodeList"], info["NumNodes"]) == ("vosr-n[1-2]", "2"), info
+    logs = Path(job.task(1).paths.stderr).read_text()  # rank 1's own log
+    assert re.search(r"rank 1/2 on \S+ \(node 1\), master 127\.0\.0\.1:", logs), logs[-4000:]
+    assert (run_dir / "checkpoints" / "step_00000004" / "complete.json").is_file()
+
+
 def test_submitit_preemption_saves_requeues_and_resumes(slurm_cluster: SlurmCluster, photo_shards: list[Path],
                                                         tmp_path: Path) -> None:
     run_dir, steps = tmp_path / "run", 100
