@@ -155,7 +155,7 @@ start_daemons() {  # start_daemons RESTART(0/1)
 }
 
 wait_idle() {  # every node idle (or busy with a job)
-  local node state deadline=$((SECONDS + WAIT_S)) waiting
+  local node state deadline=$((SECONDS + WAIT_S)) waiting=()
   while ((SECONDS < deadline)); do
     waiting=()
     for node in "$(hostname -s)" "${VIRTUAL_NODES[@]}"; do

@@ -24,7 +24,8 @@
 #   VOSR_RUNS          parent of default run folders (default $VOSR_ROOT/runs)
 #   VOSR_MAX_REQUEUES  stop requeueing after this many restarts (default 100)
 #   VOSR_SRUN_ARGS     extra srun arguments (word-split), e.g. "--cpu-bind=none"
-#   VOSR_MASTER_ADDR   rendezvous address (default: NodeAddr of the job's first node)
+#   VOSR_MASTER_ADDR   rendezvous address (default: the job's first node, by name if it
+#                      resolves, else by its Slurm NodeAddr)
 
 # Each srun task runs the rank under this wrapper. A rank that saved after preemption exits 75;
 # the wrapper records that in a marker file and exits 0, so `--kill-on-bad-exit` (which stops a
@@ -72,10 +73,13 @@ vosr_run_dir() {  # vosr_run_dir CONFIG [overrides...]: the run folder this job 
 vosr_export_world() {
   # The trainer reads SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; torchrun variables would win, so drop any.
   unset RANK WORLD_SIZE LOCAL_RANK LOCAL_WORLD_SIZE
-  # The first node's NodeAddr: the address Slurm itself reaches it at (NodeName need not resolve).
-  local first addr
+  # The first node's name, or its NodeAddr (the address slurmd is reached at) when the name does
+  # not resolve (virtual nodes, names that are not host names). Same rule as vosr.launch.
+  local first addr=
   first=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
-  addr=$(scontrol show node "$first" 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n1)
+  if ! getent hosts "$first" >/dev/null; then
+    addr=$(scontrol show node "$first" 2>/dev/null | sed -n 's/.*NodeAddr=\([^ ]*\).*/\1/p' | head -n1)
+  fi
   MASTER_ADDR=${VOSR_MASTER_ADDR:-${addr:-$first}}
   MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))
   export MASTER_ADDR MASTER_PORT

@@ -37,6 +37,7 @@ import argparse
 import importlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -83,12 +84,18 @@ class Resources:
         return self.tasks_per_node or max(self.gpus_per_node, 1)
 
 
-def slurm_node_addr(node: str) -> str:
-    """The NodeAddr Slurm reaches ``node`` at (``node`` itself when scontrol cannot say).
+def rendezvous_addr(node: str) -> str:
+    """``node`` if it resolves as a host name, else the NodeAddr Slurm reaches it at.
 
-    NodeName need not be a resolvable host name (virtual nodes, a separate fabric's address), so
-    the rendezvous uses the address Slurm itself uses; ``VOSR_MASTER_ADDR`` overrides both.
+    A NodeName need not be a host name (virtual nodes, site naming); asking slurmctld only then
+    keeps thousands of ranks from querying it at once on ordinary clusters. Same rule as
+    ``slurm/common.sh``.
     """
+    try:
+        socket.gethostbyname(node)
+        return node
+    except OSError:
+        pass
     try:
         out = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True,
                              timeout=30).stdout
@@ -122,8 +129,8 @@ class StageJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         dist_env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False,
                                                                          overwrite=True)
-        if env.cluster == "slurm":  # same rule as slurm/common.sh: the first node's NodeAddr
-            os.environ["MASTER_ADDR"] = os.environ.get("VOSR_MASTER_ADDR") or slurm_node_addr(dist_env.master_addr)
+        if env.cluster == "slurm":  # VOSR_MASTER_ADDR wins, as in slurm/common.sh
+            os.environ["MASTER_ADDR"] = os.environ.get("VOSR_MASTER_ADDR") or rendezvous_addr(dist_env.master_addr)
         # Every rank, into its own task log (the stage's logging, set up later, shows INFO on rank 0 only).
         print(f"[vosr.launch] {self.stage}: rank {dist_env.rank}/{dist_env.world_size} on {env.hostname} "
               f"(node {env.node}), master {os.environ['MASTER_ADDR']}:{dist_env.master_port}, argv {self.argv}",

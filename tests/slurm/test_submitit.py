@@ -76,6 +76,12 @@ def test_submitit_runs_tiny_teacher(slurm_cluster: SlurmCluster, photo_shards: l
     assert (run_dir / "ema.safetensors").is_file()
 
 
+def test_rendezvous_addr_falls_back_to_node_addr(slurm_cluster: SlurmCluster) -> None:
+    assert launch.rendezvous_addr("localhost") == "localhost"  # a host name is used as is
+    assert launch.rendezvous_addr("vosr-n1") == "127.0.0.1"  # a NodeName that does not resolve
+    assert launch.rendezvous_addr("no-such-node-xyz") == "no-such-node-xyz"  # unknown to both: left to fail loudly
+
+
 def test_submitit_teacher_spans_two_nodes(slurm_cluster: SlurmCluster, photo_shards: list[Path],
                                          tmp_path: Path) -> None:
     """Two real Slurm nodes, one rank each; the ranks meet at the first node's NodeAddr, not its name."""
