@@ -84,15 +84,19 @@ def test_sbatch_usr1_saves_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp
     log = Path(str(log).replace("%j", job))
     slurm_cluster.wait_for(lambda: (run_dir / "ckpt_rank1.txt").exists(), 60, "the first checkpoint")
     slurm_cluster.signal_batch(job, "USR1")
-    info = slurm_cluster.wait(job, 90, log)
+    _check_saved_requeued_resumed(slurm_cluster.wait(job, 90, log), log, run_dir, steps=40)
+
+
+def _check_saved_requeued_resumed(info: dict[str, str], log: Path, run_dir: Path, steps: int) -> None:
+    """One USR1: both stand-in ranks saved, the job requeued once, resumed at the saved step and finished."""
     text = log.read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, text)
     assert int(info["Restarts"]) == 1, text
     assert "received USR1: forwarding to srun" in text and "requeueing job" in text, text
     saved = [int(s) for s in re.findall(r"rank 0 preempted \(SIGUSR1\) at step (\d+)", text)]
-    assert len(saved) == 1 and 0 < saved[0] < 40, text
+    assert len(saved) == 1 and 0 < saved[0] < steps, text
     assert f"rank 0 resumed from step {saved[0]}" in text and "rank 1 resumed from step" in text, text
-    assert all((run_dir / f"done_rank{r}").read_text() == "40" for r in (0, 1))
+    assert all((run_dir / f"done_rank{r}").read_text() == str(steps) for r in (0, 1))
 
 
 def test_time_limit_signal_saves_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
@@ -107,15 +111,7 @@ def test_time_limit_signal_saves_requeues_and_resumes(slurm_cluster: SlurmCluste
     job = slurm_cluster.sbatch([*flags, f"--output={log}", "slurm/train_teacher.sh", "configs/tiny.yaml",
                                 f"run_dir={run_dir}", "steps=400", "restart_step_s=0.002"], env=env)
     log = Path(str(log).replace("%j", job))
-    info = slurm_cluster.wait(job, 180, log)
-    text = log.read_text()
-    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, text)
-    assert int(info["Restarts"]) == 1, text
-    assert "received USR1: forwarding to srun" in text and "requeueing job" in text, text
-    saved = [int(s) for s in re.findall(r"rank 0 preempted \(SIGUSR1\) at step (\d+)", text)]
-    assert len(saved) == 1 and 0 < saved[0] < 400, text
-    assert f"rank 0 resumed from step {saved[0]}" in text, text
-    assert all((run_dir / f"done_rank{r}").read_text() == "400" for r in (0, 1))
+    _check_saved_requeued_resumed(slurm_cluster.wait(job, 180, log), log, run_dir, steps=400)
 
 
 def test_sbatch_needs_a_config(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
