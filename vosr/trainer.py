@@ -159,10 +159,11 @@ def resolve_run_dir(cfg: RunConfig, rank: int) -> Path:
 
 
 def make_generators(cfg: RunConfig, rank: int, device: torch.device) -> dict[str, torch.Generator]:
-    """Per-rank generators for the objective's noise and the degradation draws (checkpointed)."""
+    """Per-rank generators for the objective's noise (on ``device``) and the degradation draws
+    (on the CPU, as ``RealESRGANDegradation`` requires); both are checkpointed."""
     gens = {}
     for offset, key in enumerate(("objective", "degradation")):
-        gen = torch.Generator(device=device)
+        gen = torch.Generator(device=device if key == "objective" else "cpu")
         gen.manual_seed((cfg.seed * 1000003 + rank * 7919 + offset) % 2**63)
         gens[key] = gen
     return gens

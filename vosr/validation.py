@@ -32,10 +32,11 @@ class Validator:
         if not batches:
             raise ValueError(f"data.val={cfg.data.val} gave no validation images; fix data.val or set log.val_every=0")
         hr = torch.cat([b["hr"] for b in batches])[: cfg.data.val_size].to(device)
-        gen = torch.Generator(device=device).manual_seed(cfg.seed + 12345)  # fixed across the run and restarts
+        # Fixed across the run and restarts; on the CPU, as the degradation requires (noise moved after).
+        gen = torch.Generator().manual_seed(cfg.seed + 12345)
         _, self.z_lq, self.sem, self.lr_up = parts.encode_pair(hr, gen, train=False)
         self.hr, self.parts = hr, parts
-        self.noise = torch.randn(self.z_lq.shape, generator=gen, device=device)
+        self.noise = torch.randn(self.z_lq.shape, generator=gen).to(device)
         self.out_dir = run_dir / "val"
         # LPIPS joins when its weights are on disk; otherwise MetricSuite logs why it is absent.
         self._metrics = metrics.MetricSuite(["psnr", "ssim", "lpips"], device=device, crop_border=cfg.data.scale)
