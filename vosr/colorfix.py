@@ -7,16 +7,10 @@ Images are (B, 3, H, W) in [0, 1]; the reference must have the same size.
 """
 from __future__ import annotations
 
-import logging
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-logger = logging.getLogger(__name__)
-
-ColorFix = Literal["none", "adain", "wavelet"]
 COLOR_FIXES: tuple[str, ...] = ("none", "adain", "wavelet")
 WAVELET_LEVELS = 5  # StableSR's wavelet_decomposition default
 

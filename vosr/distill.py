@@ -18,8 +18,9 @@ from torch import nn
 from vosr.config import RunConfig
 from vosr.distill_objective import distill_loss
 from vosr.export import load_export
-from vosr.flow import randn, sample_euler, sample_one_step
+from vosr.flow import one_step, randn, sample_euler, sample_one_step
 from vosr.loop import run_training
+from vosr.metrics import load_lpips
 from vosr.models.weights import load_vosr_weights
 from vosr.trainer import FrozenParts, Objective, build_model, load_cli_config, model_flops
 
@@ -65,16 +66,12 @@ def lpips_term(parts: FrozenParts, device: torch.device) -> PerceptualTerm:
     and decoded with gradients through the frozen decoder. ``check_paths`` has made sure the
     LPIPS weights are on disk (never random or downloaded weights).
     """
-    import lpips
-
-    net = lpips.LPIPS(net="alex", verbose=False).to(device).eval().requires_grad_(False)
+    net = load_lpips(device)
 
     def term(student: nn.Module, z_hq: torch.Tensor, z_lq: torch.Tensor, sem: torch.Tensor | None,
              generator: torch.Generator) -> torch.Tensor:
-        batch = z_hq.shape[0]
         noise = randn(tuple(z_hq.shape), generator, z_hq.device).to(z_hq.dtype)
-        t, r = torch.ones(batch, device=z_hq.device), torch.zeros(batch, device=z_hq.device)
-        z0 = noise - student(torch.cat([z_lq, noise], dim=1), t, sem, r).to(noise.dtype)
+        z0 = one_step(student, z_lq, sem, noise)
         image = parts.autoencoder.decode(z0).float()
         with torch.no_grad():
             reference = parts.autoencoder.decode(z_hq).float().clamp(0, 1)

@@ -7,23 +7,14 @@ frozen teacher is called with ``r = None``. Path convention of ``vosr.flow``: t 
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import Tensor
 
 from vosr.config.run import DistillConfig, FlowConfig
-from vosr.flow import Model, interpolate, mix_conditions, noise_condition, rand, randn, weak_anchor
-
-logger = logging.getLogger(__name__)
+from vosr.flow import Model, interpolate, mix_conditions, noise_condition, per_sample, rand, randn, weak_anchor
 
 _MIN_INTERVAL = 1e-6
 """Floor of ``d = t - r`` in the RCGM short-interval branch (METHOD.md §5)."""
-
-
-def _b(values: Tensor, like: Tensor) -> Tensor:
-    """(B,) -> (B, 1, 1, 1) in ``like``'s dtype and device."""
-    return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
 def _call(student: Model, x: Tensor, t: Tensor, r: Tensor, cond: Tensor, sem: Tensor | None) -> Tensor:
@@ -61,7 +52,7 @@ def guided_teacher_velocity(teacher: Model, x_t: Tensor, t: Tensor, lq_noised: T
     x_in = torch.cat([torch.cat([lq_weak, x_t], dim=1), torch.cat([lq_noised, x_t], dim=1)])  # (2B, 2C, H, W)
     sem_in = None if sem is None else torch.cat([torch.zeros_like(sem), sem])  # (2B, N, D)
     v_weak, v_cond = teacher(x_in, torch.cat([t, t]), sem_in, None).to(x_t.dtype).chunk(2)
-    return v_weak + _b(guidance_scale(t, cfg), x_t) * (v_cond - v_weak)
+    return v_weak + per_sample(guidance_scale(t, cfg), x_t) * (v_cond - v_weak)
 
 
 @torch.no_grad()
@@ -80,12 +71,12 @@ def rcgm_target(student: Model, x_t: Tensor, t: Tensor, r: Tensor, v_star: Tenso
         u = _call(student, x_t, t, r, cond, sem)
     u = u.detach()
     t_m = torch.maximum(t - delta, r)  # (B,)
-    x = x_t - _b(t - t_m, x_t) * v_star
+    x = x_t - per_sample(t - t_m, x_t) * v_star
     flow_sum = torch.zeros_like(x_t)  # F (B, C, H, W)
     for i in range(num_substeps):
         s_i = t_m + (r - t_m) * (i / num_substeps)
         s_next = t_m + (r - t_m) * ((i + 1) / num_substeps)
-        step = _b(s_i - s_next, x_t)
+        step = per_sample(s_i - s_next, x_t)
         u_i = _call(student, x, s_i, s_next, cond, sem)
         x = x - step * u_i
         flow_sum = flow_sum + step * u_i
@@ -93,7 +84,7 @@ def rcgm_target(student: Model, x_t: Tensor, t: Tensor, r: Tensor, v_star: Tenso
     short = t < r + delta
     a = torch.where(short, torch.ones_like(d), d / delta)
     b = torch.where(short, 1.0 / d, torch.full_like(d, 1.0 / delta))
-    correction = torch.clamp(_b(a, u) * u - _b(b, u) * flow_sum - v_star, -clamp, clamp)
+    correction = torch.clamp(per_sample(a, u) * u - per_sample(b, u) * flow_sum - v_star, -clamp, clamp)
     return u, u - correction
 
 
@@ -105,7 +96,7 @@ def shortcut_target(student: Model, x_t: Tensor, t: Tensor, r: Tensor, cond: Ten
     """
     m = (t + r) / 2
     v1 = _call(student, x_t, t, m, cond, sem)
-    x_m = x_t - _b((t - r) / 2, x_t) * v1
+    x_m = x_t - per_sample((t - r) / 2, x_t) * v1
     v2 = _call(student, x_m, m, r, cond, sem)
     return (v1 + v2) / 2
 

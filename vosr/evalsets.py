@@ -16,6 +16,7 @@ import torch
 
 from vosr.config import DegradationConfig, load, to_dict
 from vosr.data.degrade import RealESRGANDegradation, downsample_bicubic
+from vosr.data.stream import derive_seed
 from vosr.images import ImageError, list_images, read_image, save_image, to_tensor, to_uint8
 from vosr.report import write_json
 
@@ -42,8 +43,8 @@ class MakeSetOptions:
 
 
 def image_seed(seed: int, index: int) -> int:
-    """A well-mixed 63-bit seed for image ``index`` under base ``seed``."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    """A well-mixed 63-bit seed for image ``index`` under base ``seed`` (the training stream's mixing)."""
+    return derive_seed(seed, index)
 
 
 def center_crop(rgb: np.ndarray, crop: int, multiple: int) -> np.ndarray:

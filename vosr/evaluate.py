@@ -20,6 +20,7 @@ from vosr.evalsets import PROTOCOLS, MakeSetOptions, make_set
 from vosr.images import ImageError, list_images, read_image, to_tensor
 from vosr.metrics import ALL_METRICS, LOWER_IS_BETTER, MetricSuite
 from vosr.report import SheetRow, comparison_sheet, summarize, write_csv, write_json
+from vosr.runtime.distributed import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +93,8 @@ def score(args: argparse.Namespace) -> int:
     if not preds:
         logger.error("no images in --pred %s", args.pred)
         return 1
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    suite = MetricSuite(list(args.metrics), device=torch.device(device), crop_border=args.scale)
+    suite = MetricSuite(list(args.metrics), device=torch.device(resolve_device(args.device)),
+                        crop_border=args.scale)
     from tqdm.auto import tqdm
 
     rows = []

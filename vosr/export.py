@@ -27,8 +27,9 @@ def save_export(path: str | Path, state_dict: dict[str, torch.Tensor], config: R
                 extra: dict[str, str] | None = None) -> Path:
     """Write ``state_dict`` + config metadata to ``path`` (tmp file, then ``os.replace``); return the path.
 
-    Tensors are made contiguous and moved to the CPU; shared storage is cloned (safetensors
-    refuses aliases). ``extra`` values must be strings; they may not use the reserved keys.
+    Tensors are made contiguous and moved to the CPU; a tensor sharing storage with an earlier
+    one is cloned (safetensors refuses aliases); others are written without a copy. ``extra``
+    values must be strings; they may not use the reserved keys.
     """
     from safetensors.torch import save_file
 
@@ -40,8 +41,15 @@ def save_export(path: str | Path, state_dict: dict[str, torch.Tensor], config: R
     bad = [k for k, v in extra.items() if not isinstance(v, str)]
     if bad:
         raise ValueError(f"export extra metadata values must be strings; not for {bad}")
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()
-               if isinstance(v, torch.Tensor)}
+    tensors, storages = {}, set()
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        t = v.detach().to("cpu").contiguous()
+        if t.untyped_storage().data_ptr() in storages:  # a second view of one storage: copy it
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        tensors[k] = t
     if not tensors:
         raise ValueError("save_export: the state dict holds no tensors")
     metadata = {CONFIG_KEY: json.dumps(to_dict(config)), FORMAT_KEY: FORMAT_VERSION, **extra}

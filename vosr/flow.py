@@ -8,7 +8,6 @@ METHOD.md §4 (VOSR, CVPR 2026). Path: ``x_t = (1 - t) x_hq + t eps`` with ``t =
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,8 +15,6 @@ import torch
 from torch import Tensor
 
 from vosr.config.run import FlowConfig
-
-logger = logging.getLogger(__name__)
 
 Model = Callable[..., Tensor]
 """``model(x_in (B, 2C, H, W), t (B,), sem (B, N, D) | None, r (B,) | None) -> v (B, C, H, W)``."""
@@ -53,7 +50,7 @@ def rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torc
     return _draw(torch.rand, shape, generator, device)
 
 
-def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+def per_sample(values: Tensor, like: Tensor) -> Tensor:
     """(B,) -> (B, 1, ..., 1) in ``like``'s dtype, to broadcast over a (B, ...) tensor."""
     return values.to(device=like.device, dtype=like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
@@ -73,7 +70,7 @@ def interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
     """Rectified-flow path ``x_t = (1 - t) x0 + t noise``; x0, noise (B, ...), t (B,)."""
     if x0.shape != noise.shape:
         raise ValueError(f"interpolate: x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ")
-    t_b = _per_sample(t, x0)  # (B, 1, 1, 1)
+    t_b = per_sample(t, x0)  # (B, 1, 1, 1)
     return (1 - t_b) * x0 + t_b * noise
 
 
@@ -85,14 +82,14 @@ def noise_condition(lq: Tensor, cfg: FlowConfig, generator: torch.Generator | No
     """
     a = torch.sigmoid(cfg.cond_noise_mean + cfg.cond_noise_std * randn((lq.shape[0],), generator, lq.device))
     n = randn(tuple(lq.shape), generator, lq.device).to(lq.dtype)  # (B, C, H, W)
-    a_b = _per_sample(a, lq)
+    a_b = per_sample(a, lq)
     return a_b * lq + torch.sqrt(1 - a_b * a_b) * n
 
 
 def weak_anchor(lq: Tensor, w: Tensor | float) -> Tensor:
     """Weak anchor ``w * lq``; ``w`` a float or a per-sample (B,) tensor."""
     if isinstance(w, Tensor):
-        return _per_sample(w, lq) * lq
+        return per_sample(w, lq) * lq
     return w * lq
 
 
@@ -103,8 +100,8 @@ def zero_semantic(sem: Tensor | None) -> Tensor | None:
 
 def mix_conditions(cond: Tensor, weak_cond: Tensor, sem: Tensor | None, weak: Tensor) -> Conditions:
     """Per sample: ``weak_cond`` and zero tokens where ``weak`` (B,) is True, else ``cond`` and ``sem``."""
-    cond_mixed = torch.where(_per_sample(weak, cond).bool(), weak_cond, cond)
-    sem_mixed = None if sem is None else torch.where(_per_sample(weak, sem).bool(), torch.zeros_like(sem), sem)
+    cond_mixed = torch.where(per_sample(weak, cond).bool(), weak_cond, cond)
+    sem_mixed = None if sem is None else torch.where(per_sample(weak, sem).bool(), torch.zeros_like(sem), sem)
     return Conditions(cond=cond_mixed, sem=sem_mixed, weak=weak)
 
 
@@ -188,10 +185,16 @@ def sample_euler(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor, 
     return x
 
 
-@torch.no_grad()
-def sample_one_step(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor) -> Tensor:
-    """One-step student sample ``x0 = eps - u([lq, eps], t = 1, r = 0)`` (METHOD.md §5); no guidance."""
+def one_step(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor) -> Tensor:
+    """One-step student sample ``x0 = eps - u([lq, eps], t = 1, r = 0)`` (METHOD.md §5); no guidance.
+
+    Differentiable (the distillation's LPIPS term trains through it); ``sample_one_step`` is the
+    no-grad version inference uses.
+    """
     batch = noise.shape[0]
     t = torch.ones(batch, device=noise.device)
     r = torch.zeros(batch, device=noise.device)
     return noise - model(torch.cat([z_lq, noise], dim=1), t, sem, r).to(noise.dtype)
+
+
+sample_one_step = torch.no_grad()(one_step)

@@ -9,7 +9,6 @@ then rename) so an interrupted run never leaves a half-written output that a lat
 """
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,8 +18,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
-
-logger = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})

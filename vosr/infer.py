@@ -20,6 +20,7 @@ import torch
 from vosr.colorfix import COLOR_FIXES
 from vosr.images import ImageError, list_images, read_image, resize_alpha, save_image, to_tensor, to_uint8
 from vosr.pipeline import SRPipeline, TileOptions, load_pipeline
+from vosr.runtime.distributed import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +71,6 @@ def plan_outputs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
     if clashes:
         raise ValueError(f"output(s) {clashes[:3]} would overwrite input files; choose another -o/--output folder")
     return pairs
-
-
-def resolve_device(name: str) -> str:
-    """``auto`` -> cuda when available, else cpu."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def upscale_file(pipe: SRPipeline, src: Path, dst: Path, args: argparse.Namespace) -> tuple[int, int]:

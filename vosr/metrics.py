@@ -39,7 +39,6 @@ PYIQA_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
                ("hf:models--timm--vit_base_patch8_224.augreg2_in21k_ft_in1k",)),
     "clipiqa": (("pyiqa/RN50.pt", "~/.cache/clip/RN50.pt"),),
 }
-PYIQA_NAMES = {"dists": "dists", "niqe": "niqe", "musiq": "musiq", "maniqa": "maniqa", "clipiqa": "clipiqa"}
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,6 +113,16 @@ def lpips_weights_path() -> Path:
     return hub_dir() / "checkpoints" / ALEXNET_FILE
 
 
+def load_lpips(device: torch.device | str) -> torch.nn.Module:
+    """The frozen LPIPS (AlexNet) network on ``device``; inputs in [-1, 1]. Check
+    ``lpips_unavailable_reason`` first: without local weights torchvision would download them."""
+    import lpips
+
+    with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" from inside lpips
+        warnings.simplefilter("ignore", UserWarning)
+        return lpips.LPIPS(net="alex", verbose=False).to(device).eval().requires_grad_(False)
+
+
 def lpips_unavailable_reason() -> str | None:
     """None when LPIPS can be built offline, else why not."""
     if importlib.util.find_spec("lpips") is None:
@@ -176,18 +185,14 @@ class MetricSuite:
         if name == "lpips":
             reason = lpips_unavailable_reason()
             if reason is None:
-                import lpips
-
-                with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" from inside lpips
-                    warnings.simplefilter("ignore", UserWarning)
-                    model = lpips.LPIPS(net="alex", verbose=False).to(self.device).eval()
+                model = load_lpips(self.device)
                 self._models[name] = lambda p, g: model(p * 2 - 1, g * 2 - 1).flatten()
             return reason
         reason = pyiqa_unavailable_reason(name)
         if reason is None:
             import pyiqa
 
-            metric = pyiqa.create_metric(PYIQA_NAMES[name], device=self.device, as_loss=False)
+            metric = pyiqa.create_metric(name, device=self.device, as_loss=False)
             self._models[name] = (lambda p, g: metric(p, g).flatten()) if name in PAIRED else \
                 (lambda p, g: metric(p).flatten())
         return reason

@@ -9,15 +9,12 @@ summed weights, so any tile layout reproduces a tile-local operator exactly.
 """
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
-logger = logging.getLogger(__name__)
 
 Box = tuple[int, int, int, int]
 """(y0, y1, x0, x1), half-open, in the input tensor's pixels."""
@@ -29,7 +26,6 @@ class TileGrid:
 
     height: int
     width: int
-    tile: int
     overlap: int
     boxes: tuple[Box, ...]
 
@@ -63,7 +59,7 @@ def make_grid(height: int, width: int, tile: int, overlap: int, align: int = 1) 
     ys = tile_starts(height, tile_h, min(overlap, max(tile_h - align, 0)), align)
     xs = tile_starts(width, tile_w, min(overlap, max(tile_w - align, 0)), align)
     boxes = tuple((y, y + tile_h, x, x + tile_w) for y in ys for x in xs)
-    return TileGrid(height=height, width=width, tile=tile, overlap=overlap, boxes=boxes)
+    return TileGrid(height=height, width=width, overlap=overlap, boxes=boxes)
 
 
 def _ramp(length: int, ramp: int, fall_start: bool, fall_end: bool) -> Tensor:

@@ -40,6 +40,7 @@ class Validator:
         self.out_dir = run_dir / "val"
         # LPIPS joins when its weights are on disk; otherwise MetricSuite logs why it is absent.
         self._metrics = metrics.MetricSuite(["psnr", "ssim", "lpips"], device=device, crop_border=cfg.data.scale)
+        self._baseline = self._score("lr_bicubic", self.lr_up)  # fixed inputs: scored once per run
         logger.info("validation set: %d images of %dx%d", hr.shape[0], hr.shape[-2], hr.shape[-1])
 
     @torch.no_grad()
@@ -53,7 +54,7 @@ class Validator:
             out = (out * 255).round() / 255
             outputs[name] = out
             scalars.update(self._score(name, out))
-        scalars.update(self._score("lr_bicubic", self.lr_up))
+        scalars.update(self._baseline)
         rows = [[self.lr_up[i], *[o[i] for o in outputs.values()], self.hr[i]] for i in range(self.hr.shape[0])]
         grid = make_grid(rows)
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,6 @@ from it, so a given generator state reproduces the batch exactly on a given devi
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,8 +22,6 @@ from torch import Tensor
 
 from vosr.config.degradation import RESIZE_MODES, BlurConfig, DegradationConfig, JpegConfig, NoiseConfig, ResizeConfig
 from vosr.data.kernels import choice, sample_blur_kernels, sample_final_sinc_kernels, uniform
-
-logger = logging.getLogger(__name__)
 
 Sizes = list[tuple[int, int]]
 # Images grouped for one batched call on the CPU are at least this fraction of the group's

@@ -87,11 +87,15 @@ def resolve_sources(cfg: DataConfig) -> list[tuple[list[str], float]]:
             sources.append((expand_shards(pattern, f"data.mix_file ({cfg.mix_file}, entry {number})"), weight))
     if not sources:
         raise ValueError("no training data: data.train is empty and data.mix_file is unset; set one of them")
+    return sources
+
+
+def log_sources(sources: list[tuple[list[str], float]]) -> None:
+    """One line per source: shards, samples (from ``sizes.json`` where present), normalised weight."""
     total = sum(weight for _, weight in sources)
     for shards, weight in sources:
         logger.info("data source %s: %d shards, %s samples, weight %.3f", _describe(shards), len(shards),
                     _count_samples(shards), weight / total)
-    return sources
 
 
 def _describe(shards: list[str]) -> str:

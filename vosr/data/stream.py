@@ -32,7 +32,7 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from vosr.config.run import DataConfig
 from vosr.data.errors import SkipCounts, SkipHandler
-from vosr.data.mix import expand_shards, resolve_sources
+from vosr.data.mix import expand_shards, log_sources, resolve_sources
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ class TrainStream:
     batches: int
 
     def __init__(self, dataset: _TrainSamples, num_workers: int, seed: int, restart: int) -> None:
-        self._dataset, self._counts = dataset, dataset.counts
+        self._counts = dataset.counts
         self.seed, self.restart, self.batches = seed, restart, 0
         # batch_size=None: workers batch themselves. A private generator keeps the loader from
         # drawing its base seed from (and so shifting) the global torch RNG.
@@ -273,6 +273,7 @@ def build_train_stream(cfg: DataConfig, *, rank: int, world_size: int, seed: int
     if restart < 0:
         raise ValueError(f"restart={restart} must be >= 0 (the requeue counter)")
     sources = resolve_sources(cfg)
+    log_sources(sources)
     order = torch.Generator().manual_seed(derive_seed(seed, restart))  # the same on every rank and worker
     shard_lists = [[shards[i] for i in torch.randperm(len(shards), generator=order).tolist()]
                    for shards, _ in sources]

@@ -112,9 +112,8 @@ def load_vosr_weights(model: nn.Module, source: str | Path | dict, strict: bool 
             raise KeyError(f"weights do not match the model ({report.describe()}); check model.preset, "
                            "model.with_r and the autoencoder/semantic settings that fix its shapes")
         logger.warning("partial weight load: %s", report.describe())
-    bad = {line.split(":")[0] for line in report.mismatched}
     params = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in params and k not in bad
+    usable = {k: v for k, v in state.items() if k in params and v.shape == params[k].shape
               and not k.startswith(DERIVED_PREFIXES)}
     on_meta = any(p.is_meta for p in model.parameters())
     model.load_state_dict(usable, strict=False, assign=on_meta)

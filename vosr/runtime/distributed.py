@@ -80,6 +80,13 @@ def world_info_from_env(env: Mapping[str, str] | None = None) -> WorldInfo:
                      master_port=int(env.get("MASTER_PORT", 0)) or free_port(), source="single")
 
 
+def resolve_device(name: str) -> str:
+    """A CLI's ``--device``: ``auto`` -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
 def select_device(info: WorldInfo) -> torch.device:
     """The accelerator of this local rank, or the CPU."""
     if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu":
