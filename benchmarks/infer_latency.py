@@ -20,15 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from random_parts import UNUSED_VAE_PATH, random_frozen_parts
+
+from vosr.config import load_run_config
+from vosr.method.flow import sample_one_step
+from vosr.training.setup import FrozenParts, build_model
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.random_parts import UNUSED_VAE_PATH, random_frozen_parts  # noqa: E402
-from vosr.config import load_run_config  # noqa: E402
-from vosr.flow import sample_one_step  # noqa: E402
-from vosr.trainer import FrozenParts, build_model  # noqa: E402
 
 STAGES = ("upsample", "encode", "semantic", "transformer", "decode")
 

@@ -26,13 +26,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from data_tools.photos import wallpaper_dirs, write_heldout
+from vosr.data.degrade import upsample_lr
+from vosr.images import list_images, read_image, save_image, to_tensor, to_uint8
 
-from data_tools.photos import wallpaper_dirs, write_heldout  # noqa: E402
-from vosr.data.degrade import upsample_lr  # noqa: E402
-from vosr.images import list_images, read_image, save_image, to_tensor, to_uint8  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

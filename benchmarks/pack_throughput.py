@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from data_tools.photos import skimage_photos, wallpaper_files
 
-from data_tools.photos import skimage_photos, wallpaper_files  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def skimage_files(folder: Path) -> list[Path]:

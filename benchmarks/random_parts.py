@@ -7,7 +7,7 @@ from vosr.config import RunConfig
 from vosr.data.degrade import RealESRGANDegradation
 from vosr.models.autoencoder import DiffusersVAE, build_autoencoder, sd21_vae_config
 from vosr.models.semantic import build_semantic_encoder
-from vosr.trainer import FrozenParts
+from vosr.training.setup import FrozenParts
 
 # Satisfies autoencoder.path validation for kind=sd_vae; never opened (random weights instead).
 UNUSED_VAE_PATH = "autoencoder.path=/nonexistent-random-weights"

@@ -12,19 +12,16 @@ import argparse
 import io
 import itertools
 import json
-import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from data_tools.photos import WALLPAPER_DIRS, skimage_photos, wallpaper_files
+from vosr.config.run import DataConfig, DataSource
+from vosr.data.stream import build_train_stream
 
-from data_tools.photos import WALLPAPER_DIRS, skimage_photos, wallpaper_files  # noqa: E402
-from vosr.config.run import DataConfig, DataSource  # noqa: E402
-from vosr.data.stream import build_train_stream  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def find_photos(dirs: tuple[str, ...] = WALLPAPER_DIRS) -> list[tuple[str, bytes]]:

@@ -24,17 +24,15 @@ import time
 from pathlib import Path
 
 import torch
+from random_parts import UNUSED_VAE_PATH, random_frozen_parts
+
+from vosr.config import load_run_config
+from vosr.runtime import distributed
+from vosr.runtime.engine import TrainEngine
+from vosr.runtime.perf import peak_flops
+from vosr.training.teacher import build_teacher
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.random_parts import UNUSED_VAE_PATH, random_frozen_parts  # noqa: E402
-from vosr.config import load_run_config  # noqa: E402
-from vosr.runtime import distributed  # noqa: E402
-from vosr.runtime.engine import TrainEngine  # noqa: E402
-from vosr.runtime.perf import peak_flops  # noqa: E402
-from vosr.train import build_teacher  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,5 +1,6 @@
-"""Offline data tools: pack image folders into WebDataset shards (``pack.py``) and verify them (``verify.py``).
+"""Offline data tools: pack image folders into WebDataset shards (``pack.py``), verify them
+(``verify.py``), preview training pairs (``preview.py``) and find demo photos (``photos.py``).
 
-Packing, verification and ``photos.py`` are standalone (they do not import ``vosr``);
-``preview.py`` shows the training stream's pairs and so imports ``vosr``.
+Installed beside ``vosr`` and still run as scripts (``python data_tools/pack.py``); images are read
+and converted through ``vosr.images``, so packing and inference agree on every odd mode.
 """

@@ -16,21 +16,17 @@ import hashlib
 import json
 import multiprocessing
 import os
-import sys
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script (python data_tools/pack.py): make `data_tools` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tqdm import tqdm
 
-from tqdm import tqdm  # noqa: E402
-
-from data_tools.images import FORMATS, ImageOptions, InputResult, list_inputs, process_input  # noqa: E402
-from data_tools.manifest import merge_manifests, part_manifest_name, summarize, write_manifest  # noqa: E402
-from data_tools.shards import ShardWriter  # noqa: E402
-from data_tools.verify import find_shards, verify_shards  # noqa: E402
+from data_tools.manifest import merge_manifests, part_manifest_name, summarize, write_manifest
+from data_tools.samples import FORMATS, ImageOptions, InputResult, list_inputs, process_input
+from data_tools.shards import ShardWriter
+from data_tools.verify import find_shards, verify_shards
 
 BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 

@@ -13,17 +13,14 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make `vosr` importable from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
+from PIL import Image
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from vosr.config import DataConfig, DataSource, DegradationConfig, load  # noqa: E402
-from vosr.data.degrade import RealESRGANDegradation  # noqa: E402
-from vosr.data.stream import build_train_stream  # noqa: E402
-from vosr.images import make_grid  # noqa: E402
+from vosr.config import DataConfig, DataSource, DegradationConfig, load
+from vosr.data.degrade import RealESRGANDegradation
+from vosr.data.stream import build_train_stream
+from vosr.images import make_grid
 
 REPO = Path(__file__).resolve().parents[1]
 

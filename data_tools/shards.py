@@ -14,7 +14,7 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_tools.images import Sample
+from data_tools.samples import Sample
 
 STATE_DIR = ".pack-state"
 TAR_BLOCK = 512

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from data_tools.images import IMAGE_EXTS
+from vosr.images import IMAGE_EXTS
 
 DECODABLE = frozenset(ext.lstrip(".") for ext in IMAGE_EXTS)  # tar member extensions carry no dot
 

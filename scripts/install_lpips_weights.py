@@ -44,7 +44,7 @@ TARGETS = {
 
 def default_torch_home() -> Path:
     """torch's home as torch.hub resolves it (``$TORCH_HOME``, ``$XDG_CACHE_HOME/torch``, ``~/.cache/torch``),
-    so the weights land where ``vosr.metrics.lpips_weights_path`` looks."""
+    so the weights land where ``vosr.evaluation.metrics.lpips_weights_path`` looks."""
     return Path(torch.hub.get_dir()).expanduser().parent
 
 

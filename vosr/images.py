@@ -1,11 +1,12 @@
-"""Robust image files in and out for the inference and evaluation CLIs.
+"""Image files in and out, one converter for the whole project (inference, evaluation, packing).
 
-``read_image`` turns any common file (8/16-bit, grayscale, palette, RGBA, CMYK, EXIF-rotated)
-into an 8-bit RGB array plus an optional alpha plane, and raises ``ImageError`` with a
-one-line reason for files it cannot use (corrupt, truncated, too small, too large), so a
-folder run can skip them and carry on. ``save_image`` writes atomically (temporary name,
-then rename) so an interrupted run never leaves a half-written output that a later
-``skip existing`` would trust.
+``to_rgb8`` turns any decoded image (8/16/32-bit, float, grayscale, palette, RGBA, CMYK) into an
+8-bit RGB array plus an optional alpha plane; ``composite_on_white`` flattens the alpha where a
+plain RGB image is needed (training targets). ``read_image`` opens a file with that converter
+(EXIF-rotated) and raises ``ImageError`` with a one-line reason for files it cannot use
+(corrupt, truncated, too small, too large), so a folder run can skip them and carry on.
+``save_image`` writes atomically (temporary name, then rename) so an interrupted run never
+leaves a half-written output that a later ``skip existing`` would trust.
 """
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported by the tensor helpers only: pack workers never load it
+    from torch import Tensor
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -54,7 +57,11 @@ def list_images(path: str | Path, flag: str = "-i/--input") -> list[Path]:
 
 
 def _high_depth_to_uint8(img: Image.Image) -> np.ndarray:
-    """Single-channel 16/32-bit or float image -> (H, W) uint8 by its nominal range."""
+    """Single-channel 16/32-bit or float image -> (H, W) uint8 by its nominal range.
+
+    ``I;16*`` (and ``I`` images with values above 255) map 0..65535 to 0..255 (÷257, rounded);
+    ``F`` images in [0, 1] scale by 255; anything outside 0..255 afterwards is clipped.
+    """
     arr = np.asarray(img).astype(np.float64)
     if img.mode == "F":
         arr = arr * 255.0 if arr.max(initial=0.0) <= 1.0 else arr
@@ -63,16 +70,29 @@ def _high_depth_to_uint8(img: Image.Image) -> np.ndarray:
     return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
 
 
-def _to_planes(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+def to_rgb8(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    """A decoded image -> ((H, W, 3) uint8 RGB, (H, W) uint8 alpha or None when fully opaque/absent)."""
     if img.mode in HIGH_DEPTH_MODES:
         gray = _high_depth_to_uint8(img)
         return np.repeat(gray[:, :, None], 3, axis=2), None
-    has_alpha = img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
-    if has_alpha:
+    if has_alpha(img):
         rgba = np.asarray(img.convert("RGBA"))
         alpha = rgba[:, :, 3]
         return np.ascontiguousarray(rgba[:, :, :3]), (None if alpha.min() == 255 else np.ascontiguousarray(alpha))
     return np.asarray(img.convert("RGB")), None
+
+
+def has_alpha(img: Image.Image) -> bool:
+    """Whether ``img`` carries transparency (an alpha band or a palette/gray transparency entry)."""
+    return img.mode in ALPHA_MODES or "transparency" in img.info
+
+
+def composite_on_white(rgb: np.ndarray, alpha: np.ndarray | None) -> np.ndarray:
+    """(H, W, 3) uint8 over a white background by (H, W) uint8 ``alpha`` (None: unchanged)."""
+    if alpha is None:
+        return rgb
+    a = alpha.astype(np.float32)[:, :, None] / 255.0
+    return np.rint(rgb * a + 255.0 * (1.0 - a)).astype(np.uint8)
 
 
 def read_image(path: str | Path, *, min_side: int = 8, max_pixels: int | None = None) -> LoadedImage:
@@ -93,7 +113,7 @@ def read_image(path: str | Path, *, min_side: int = 8, max_pixels: int | None = 
                 mode = img.mode
                 img.load()
                 img = ImageOps.exif_transpose(img)
-                rgb, alpha = _to_planes(img)
+                rgb, alpha = to_rgb8(img)
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -107,11 +127,15 @@ def read_image(path: str | Path, *, min_side: int = 8, max_pixels: int | None = 
 
 def to_tensor(rgb: np.ndarray) -> Tensor:
     """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
+    import torch
+
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
 
 
 def to_uint8(img01: Tensor) -> np.ndarray:
     """(3, H, W) or (1, 3, H, W) in [0, 1] -> (H, W, 3) uint8 (rounded)."""
+    import torch
+
     if img01.ndim == 4:
         img01 = img01[0]
     return (img01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli.export_helpers import make_export, photo
+from tests.export_helpers import make_export, photo
 from vosr.data.degrade import downsample_bicubic
-from vosr.evalsets import image_seed
 from vosr.evaluate import main
+from vosr.evaluation.evalsets import image_seed
+from vosr.evaluation.metrics import lpips_unavailable_reason
 from vosr.images import to_tensor, to_uint8
 from vosr.infer import main as infer_main
-from vosr.metrics import lpips_unavailable_reason
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.cli.export_helpers import make_export, photo
-from vosr.infer import main, plan_outputs
+from tests.export_helpers import make_export, photo
+from vosr.infer import main
+from vosr.inference.files import plan_outputs
 
 FAST = ["--steps", "2", "--device", "cpu"]
 

@@ -68,7 +68,7 @@ def test_sbatch_runs_ranks_to_completion(slurm_cluster: SlurmCluster, tmp_path: 
 def test_sbatch_default_run_dir_is_per_job(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     env = {**_standin(tmp_path), "VOSR_RUNS": str(tmp_path / "runs")}
     log = tmp_path / "slurm-%j.out"
-    # Submitted from elsewhere: the script still finds slurm/common.sh through the job record.
+    # Submitted from elsewhere: the script still finds slurm/stage.sh through the job record.
     job = slurm_cluster.sbatch([*CPU_FLAGS, f"--output={log}", str(REPO / "slurm" / "train_teacher.sh"),
                                 "configs/tiny.yaml", "steps=2"], env=env, cwd=tmp_path)
     info = slurm_cluster.wait(job, 60, Path(str(log).replace("%j", job)))
@@ -181,7 +181,7 @@ def test_teacher_sbatch_preempted_saves_requeues_and_resumes(slurm_cluster: Slur
     text = log.read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text[-4000:]
     assert int(info["Restarts"]) == 1, text[-4000:]
-    saved = re.findall(r"\[rank0\] vosr.loop: preempted \(SIGUSR1\) at step (\d+): checkpoint saved", text)
+    saved = re.findall(r"\[rank0\] vosr.training.loop: preempted \(SIGUSR1\) at step (\d+): checkpoint saved", text)
     assert len(saved) == 1 and 5 <= int(saved[0]) < steps, text[-4000:]
     assert re.search(rf"resumed from \S+step_{int(saved[0]):08d} at step {saved[0]} \(restart 1", text), text[-4000:]
     assert "requeueing job" in text and f"finished {steps} steps" in text

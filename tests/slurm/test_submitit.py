@@ -10,6 +10,7 @@ import pytest
 from tests.slurm.conftest import SlurmCluster
 from vosr import launch
 from vosr.config import ConfigError
+from vosr.runtime.submit import rendezvous_addr
 
 CPU_RES = launch.Resources(nodes=1, gpus_per_node=0, tasks_per_node=2, cpus_per_task=1, time_min=10)
 CPU_FLAGS = ["--gpus-per-node", "0", "--tasks-per-node", "2", "--cpus-per-task", "1", "--time", "10"]
@@ -77,9 +78,9 @@ def test_submitit_runs_tiny_teacher(slurm_cluster: SlurmCluster, photo_shards: l
 
 
 def test_rendezvous_addr_falls_back_to_node_addr(slurm_cluster: SlurmCluster) -> None:
-    assert launch.rendezvous_addr("localhost") == "localhost"  # a host name is used as is
-    assert launch.rendezvous_addr("vosr-n1") == "127.0.0.1"  # a NodeName that does not resolve
-    assert launch.rendezvous_addr("no-such-node-xyz") == "no-such-node-xyz"  # unknown to both: left to fail loudly
+    assert rendezvous_addr("localhost") == "localhost"  # a host name is used as is
+    assert rendezvous_addr("vosr-n1") == "127.0.0.1"  # a NodeName that does not resolve
+    assert rendezvous_addr("no-such-node-xyz") == "no-such-node-xyz"  # unknown to both: left to fail loudly
 
 
 def test_submitit_teacher_spans_two_nodes(slurm_cluster: SlurmCluster, photo_shards: list[Path],
@@ -111,7 +112,7 @@ def test_submitit_preemption_saves_requeues_and_resumes(slurm_cluster: SlurmClus
     info = slurm_cluster.wait(job.job_id, 30)
     text = Path(job.paths.stderr).read_text() + Path(job.paths.stdout).read_text()
     assert int(info["Restarts"]) == 1, text
-    saved = re.findall(r"\[rank0\] vosr.loop: preempted \(SIGUSR2\) at step (\d+): checkpoint saved", text)
+    saved = re.findall(r"\[rank0\] vosr.training.loop: preempted \(SIGUSR2\) at step (\d+): checkpoint saved", text)
     assert len(saved) == 1, text
     assert re.search(rf"resumed from \S+step_{int(saved[0]):08d} at step {saved[0]} \(restart 1", text), text
     assert (run_dir / "checkpoints" / f"step_{steps:08d}" / "complete.json").is_file()

@@ -1,1 +1,2 @@
-"""Runtime: distributed set-up, DeepSpeed engine, EMA, checkpoints, metrics, preemption."""
+"""Running anything at scale, knowing nothing about super-resolution: distributed set-up, the
+DeepSpeed engine, EMA, checkpoints, preemption, experiment tracking and Slurm submission."""

@@ -8,12 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.runtime.helpers import REPO, TINY, read_metrics, tiny_overrides, torchrun
+from tests.training.helpers import REPO, TINY, read_metrics, tiny_overrides, torchrun
 from vosr import distill, train
 from vosr.config import load_run_config
-from vosr.flow import sample_euler
+from vosr.method.flow import sample_euler
 from vosr.runtime.checkpoint import complete_checkpoints
-from vosr.trainer import build_frozen_parts
+from vosr.training import student as student_stage
+from vosr.training.setup import build_frozen_parts
 
 TINY_DISTILL = str(REPO / "configs" / "tiny_distill.yaml")
 
@@ -31,7 +32,7 @@ def test_student_with_r_equal_t_reproduces_teacher_after_init(teacher_run, photo
     cfg = load_run_config(TINY_DISTILL, [f"distill.teacher={teacher_run}",
                                          f"data.train=[{{shards: '{photo_shards[0].parent}'}}]"])
     parts = build_frozen_parts(cfg, torch.device("cpu"))
-    teacher, student = distill.build_teacher_and_student(cfg, parts, torch.device("cpu"))
+    teacher, student = student_stage.build_teacher_and_student(cfg, parts, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     hr = torch.rand(2, 3, 64, 64, generator=gen)
     _, z_lq, sem, _ = parts.encode_pair(hr, gen, train=False)
@@ -92,7 +93,7 @@ def test_two_process_zero_distill_with_resume(teacher_run, photo_shards, tmp_pat
 
 
 def test_optional_lpips_term_trains_through_the_decoder(teacher_run, photo_shards, tmp_path):
-    from vosr.metrics import lpips_unavailable_reason
+    from vosr.evaluation.metrics import lpips_unavailable_reason
 
     if (reason := lpips_unavailable_reason()) is not None:
         pytest.skip(reason)

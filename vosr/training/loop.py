@@ -15,14 +15,14 @@ from tqdm import tqdm
 
 from vosr.config import RunConfig, save_yaml, to_dict
 from vosr.data.stream import build_train_stream
-from vosr.export import save_export
 from vosr.runtime import distributed
 from vosr.runtime.checkpoint import Checkpointer
 from vosr.runtime.engine import TrainEngine, seed_everything
-from vosr.runtime.metrics import MetricsLogger, setup_logging
 from vosr.runtime.perf import StepTimer, memory_stats, peak_flops
 from vosr.runtime.preemption import EXIT_PREEMPTED, PreemptionFlag
-from vosr.trainer import (
+from vosr.runtime.tracking import MetricsLogger, setup_logging
+from vosr.training.export import save_export
+from vosr.training.setup import (
     FrozenParts,
     Objective,
     batches,
@@ -31,7 +31,7 @@ from vosr.trainer import (
     resolve_run_dir,
     setup_world,
 )
-from vosr.validation import Validator
+from vosr.training.validation import Validator
 
 logger = logging.getLogger(__name__)
 

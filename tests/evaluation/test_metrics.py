@@ -11,8 +11,8 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from tests.conftest import real_photos
+from vosr.evaluation.metrics import MetricSuite, lpips_unavailable_reason, psnr_y, rgb_to_y, ssim_y
 from vosr.images import to_tensor
-from vosr.metrics import MetricSuite, lpips_unavailable_reason, psnr_y, rgb_to_y, ssim_y
 
 
 def _degraded(img: np.ndarray, kind: str) -> np.ndarray:

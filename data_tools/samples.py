@@ -12,10 +12,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
+from vosr.images import IMAGE_EXTS, composite_on_white, has_alpha, to_rgb8
+
 FORMATS = ("keep", "png", "jpg", "webp")
 WEBP_MAX_SIDE = 16383  # libwebp's hard limit on either side; larger images fall back to PNG
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -109,36 +109,12 @@ def crop_boxes(width: int, height: int, size: int, stride: int) -> list[tuple[in
             for y in crop_starts(height, size, stride) for x in crop_starts(width, size, stride)]
 
 
-def _composite_alpha(img: Image.Image) -> Image.Image:
-    """RGBA -> RGB: drop a fully opaque alpha, otherwise composite over white."""
-    rgba = img.convert("RGBA")
-    if rgba.getchannel("A").getextrema()[0] == 255:
-        return rgba.convert("RGB")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
-
-def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
-    """16-bit (or 32-bit int) single-channel image -> 8-bit RGB with rounding."""
-    arr = np.asarray(img, dtype=np.float64)  # (H, W), values 0..65535
-    if arr.max(initial=0) > 65535 or arr.min(initial=0) < 0:
-        raise SkipImage(f"unsupported_mode: {img.mode} values outside 0..65535")
-    return Image.fromarray(np.round(arr / 257.0).astype(np.uint8)).convert("RGB")
-
-
-def to_rgb8(img: Image.Image) -> tuple[Image.Image, str | None]:
-    """Convert a decoded image to 8-bit RGB; returns it and the source mode when a conversion happened."""
-    mode = img.mode
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if mode == "RGB" and not has_alpha:
+def to_rgb8_image(img: Image.Image) -> tuple[Image.Image, str | None]:
+    """A decoded image -> 8-bit RGB (alpha composited on white) and its source mode when converted."""
+    if img.mode == "RGB" and not has_alpha(img):
         return img, None
-    if has_alpha:
-        return _composite_alpha(img), mode
-    if mode in ("L", "P", "1", "CMYK", "YCbCr"):
-        return img.convert("RGB"), mode
-    if mode.startswith("I;16") or mode == "I":
-        return _sixteen_bit_to_rgb(img), mode
-    raise SkipImage(f"unsupported_mode: {mode}")
+    rgb, alpha = to_rgb8(img)
+    return Image.fromarray(composite_on_white(rgb, alpha)), img.mode
 
 
 def _open(raw: bytes, opts: ImageOptions) -> Image.Image:
@@ -195,7 +171,7 @@ def encode(img: Image.Image, fmt: str, opts: ImageOptions) -> tuple[bytes, str]:
 def _make_samples(index: int, path: str, raw: bytes, img: Image.Image, opts: ImageOptions) -> InputResult:
     """Crop and encode a decoded image into samples with their json metadata."""
     src_fmt = img.format
-    rgb, converted_from = to_rgb8(img)
+    rgb, converted_from = to_rgb8_image(img)
     w, h = rgb.size
     digest = hashlib.sha256(f"{w}x{h}:".encode())
     digest.update(rgb.tobytes())  # not prefix + bytes: that would copy the whole pixel buffer once more

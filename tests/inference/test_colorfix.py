@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.cli.export_helpers import photo
-from vosr.colorfix import adain_fix, apply_color_fix, wavelet_decompose, wavelet_fix
+from tests.export_helpers import photo
 from vosr.images import to_tensor
+from vosr.inference.colorfix import adain_fix, apply_color_fix, wavelet_decompose, wavelet_fix
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import math
 import pytest
 from safetensors import safe_open
 
-from tests.runtime.helpers import TINY, read_metrics, tiny_overrides
+from tests.training.helpers import TINY, read_metrics, tiny_overrides
 from vosr import train
 from vosr.runtime.checkpoint import complete_checkpoints
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.cli.export_helpers import make_export, make_local_export, photo
+from tests.export_helpers import make_export, make_local_export, photo
 from vosr.images import to_tensor
-from vosr.pipeline import TileOptions, load_pipeline
-from vosr.tiling import make_grid, tile_starts, tile_weight, tiled_apply
+from vosr.inference.pipeline import TileOptions, load_pipeline
+from vosr.inference.tiling import make_grid, tile_starts, tile_weight, tiled_apply
 
 
 @pytest.mark.parametrize("length,tile,overlap,align", [(100, 32, 8, 1), (96, 32, 8, 4), (64, 64, 8, 2),
@@ -133,8 +133,8 @@ def _edge_jump_ratio(err: torch.Tensor, grid, axis_len: int) -> float:
 
 
 def test_blending_removes_steps_that_hard_tiles_leave():
-    from vosr.flow import sample_euler
-    from vosr.tiling import TiledDenoiser
+    from vosr.inference.tiling import TiledDenoiser
+    from vosr.method.flow import sample_euler
 
     z_lq = F.pixel_unshuffle(to_tensor(photo(0, 192, 256, 0, 100)) * 2 - 1, 4)  # (1, 48, 48, 64)
     noise = torch.randn(z_lq.shape, generator=torch.Generator().manual_seed(0))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.runtime.helpers import REPO, TINY, read_metrics, tiny_overrides, torchrun, torchrun_cmd, torchrun_env
+from tests.training.helpers import REPO, TINY, read_metrics, tiny_overrides, torchrun, torchrun_cmd, torchrun_env
 from vosr.runtime.checkpoint import complete_checkpoints
 
 pytestmark = pytest.mark.dist

@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.cli.export_helpers import build_model, make_export, tiny_config
+from tests.export_helpers import build_model, make_export, tiny_config
 from vosr.config import to_dict
-from vosr.export import CONFIG_KEY, load_export, read_metadata, save_export
-from vosr.pipeline import load_pipeline
+from vosr.inference.pipeline import load_pipeline
+from vosr.training.export import CONFIG_KEY, load_export, read_metadata, save_export
 
 
 def test_roundtrip_keeps_tensors_config_and_extras(tmp_path):

@@ -8,10 +8,10 @@ import torch
 
 from tests.conftest import REPO, real_photos
 from vosr.config import RunConfig, load_run_config
-from vosr.export import save_export
 from vosr.models.autoencoder import build_autoencoder
 from vosr.models.dit import VOSRDiT, build_dit
 from vosr.models.semantic import build_semantic_encoder
+from vosr.training.export import save_export
 
 TINY = REPO / "configs" / "tiny.yaml"
 

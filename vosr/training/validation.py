@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from vosr import metrics
 from vosr.config import RunConfig
 from vosr.data.stream import build_val_batches
+from vosr.evaluation import metrics
 from vosr.images import make_grid
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from tests import toy_models
 from vosr.config.run import DistillConfig, FlowConfig
-from vosr.distill_objective import (
+from vosr.method.distill import (
     distill_loss,
     guided_teacher_velocity,
     rcgm_target,
@@ -226,7 +226,7 @@ def _tiny_pair(device: str) -> tuple[nn.Module, nn.Module]:
 
 
 def _end_to_end(device: str, generator: torch.Generator | None) -> None:
-    from vosr.flow import flow_loss, sample_euler, sample_one_step
+    from vosr.method.flow import flow_loss, sample_euler, sample_one_step
 
     student, teacher = _tiny_pair(device)
     x0, eps, lq, sem = (x.to(device) for x in _batch())

@@ -3,7 +3,7 @@
 METHOD.md §5 (VOSR, CVPR 2026). Pure functions of tensors and models; the student is called as
 ``student(torch.cat([cond, x], dim=1), t, sem, r)`` and returns the average velocity
 ``u(x, t, r)`` from time ``t`` down to ``r`` (``u(x, t, t)`` is the instantaneous velocity); the
-frozen teacher is called with ``r = None``. Path convention of ``vosr.flow``: t = 1 noise, t = 0 data.
+frozen teacher is called with ``r = None``. Path convention of ``vosr.method.flow``: t = 1 noise, t = 0 data.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from vosr.config.run import DistillConfig, FlowConfig
-from vosr.flow import Model, interpolate, mix_conditions, noise_condition, per_sample, rand, randn, weak_anchor
+from vosr.method.flow import Model, interpolate, mix_conditions, noise_condition, per_sample, rand, randn, weak_anchor
 
 _MIN_INTERVAL = 1e-6
 """Floor of ``d = t - r`` in the RCGM short-interval branch (METHOD.md §5)."""

@@ -17,8 +17,8 @@ import torch
 from vosr.config import DegradationConfig, load, to_dict
 from vosr.data.degrade import RealESRGANDegradation, downsample_bicubic
 from vosr.data.stream import derive_seed
+from vosr.evaluation.report import write_json
 from vosr.images import ImageError, list_images, read_image, save_image, to_tensor, to_uint8
-from vosr.report import write_json
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from tests import toy_models
 from vosr.config.run import FlowConfig
-from vosr.flow import (
+from vosr.method.flow import (
     flow_loss,
     guided_velocity,
     interpolate,

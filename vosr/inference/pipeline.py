@@ -1,7 +1,7 @@
 """The super-resolution pipeline (METHOD.md §6): LR -> bicubic up -> encode -> sample -> decode.
 
 ``load_pipeline`` rebuilds the transformer, autoencoder and semantic encoder from an export
-(``vosr.export``) or a released checkpoint plus a config, and ``SRPipeline.upscale`` runs:
+(``vosr.training.export``) or a released checkpoint plus a config, and ``SRPipeline.upscale`` runs:
 bicubic upsampling by the scale, 8-bit quantisation, reflect-padding to the latent/patch grid,
 (tiled) encoding, per-tile semantic tokens, a one-step or Euler solve from one full-size noise
 field (the transformer tiled per step), (tiled) decoding, cropping, optional colour fix.
@@ -17,16 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vosr.colorfix import apply_color_fix
 from vosr.config import RunConfig, apply_overrides, from_dict, load_run_config, to_dict
 from vosr.data.degrade import upsample_lr
-from vosr.export import load_export
-from vosr.flow import randn, sample_euler, sample_one_step
+from vosr.inference.colorfix import apply_color_fix
+from vosr.inference.tiling import TiledDenoiser, TileGrid, make_grid, tiled_apply
+from vosr.method.flow import randn, sample_euler, sample_one_step
 from vosr.models.autoencoder import Autoencoder, build_autoencoder
 from vosr.models.dit import VOSRDiT, build_dit
 from vosr.models.semantic import SemanticEncoder, build_semantic_encoder
 from vosr.models.weights import load_vosr_weights, read_state_dict
-from vosr.tiling import TiledDenoiser, TileGrid, make_grid, tiled_apply
+from vosr.training.export import load_export
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from tests.runtime.helpers import REPO, TINY, read_metrics, tiny_overrides
+from tests.training.helpers import REPO, TINY, read_metrics, tiny_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -5,7 +5,7 @@ import json
 import re
 
 from vosr.config import LogConfig
-from vosr.runtime.metrics import MetricsLogger
+from vosr.runtime.tracking import MetricsLogger
 
 
 def test_wandb_that_cannot_start_degrades_to_jsonl(tmp_path, monkeypatch):

@@ -1,8 +1,15 @@
-# Shared body of the vosr sbatch scripts (sourced by slurm/train_teacher.sh and slurm/distill.sh).
+#!/bin/bash
+# Any training stage on Slurm: one srun task per GPU, each task one rank.
 #
-# vosr_run_stage MODULE CONFIG [key=value ...]
-#   Runs `python -m MODULE --config CONFIG run_dir=... [key=value ...]` as one srun task per GPU
-#   (each task is one rank), with MASTER_ADDR/MASTER_PORT exported for the trainer.
+#   mkdir -p runs && sbatch slurm/train_teacher.sh configs/teacher/CONFIG.yaml [key=value ...]
+#   sbatch slurm/distill.sh configs/distill/CONFIG.yaml distill.teacher=runs/TEACHER [key=value ...]
+#   sbatch slurm/stage.sh MODULE CONFIG [key=value ...]           # any `python -m MODULE --config` stage
+#   sbatch --nodes=4 --time=48:00:00 slurm/train_teacher.sh CONFIG optim.lr=2e-4   # CLI flags beat #SBATCH
+#
+# slurm/train_teacher.sh (python -m vosr.train) and slurm/distill.sh (python -m vosr.distill) are
+# links to this file: the stage follows from the name the job was submitted under. The run folder
+# defaults to runs/<config stem>-<job id>, so a requeued job resumes its own run. Jobs inherit the
+# submitting shell's environment (set DS_ACCELERATOR, WANDB_MODE, HF_HUB_OFFLINE there).
 #
 # Preemption / time limit, and why it is reliable:
 #   Slurm sends USR1 to this batch shell only (`#SBATCH --signal=B:USR1@180`, or
@@ -26,6 +33,25 @@
 #   VOSR_SRUN_ARGS     extra srun arguments (word-split), e.g. "--cpu-bind=none"
 #   VOSR_MASTER_ADDR   rendezvous address (default: the job's first node, by name if it
 #                      resolves, else by its Slurm NodeAddr)
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=8
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=12
+#SBATCH --mem=0
+#SBATCH --time=24:00:00
+#SBATCH --signal=B:USR1@180
+#SBATCH --requeue
+#SBATCH --open-mode=append
+#SBATCH --output=runs/slurm-%j.out
+
+# Slurm runs a copy of this file from its spool folder: the job record names the submitted script.
+_script=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p' | head -n1)
+[[ "$_script" == /* ]] || _script="$SLURM_SUBMIT_DIR/$_script"
+if [[ -z "${VOSR_ROOT:-}" ]]; then
+  VOSR_ROOT=$(cd "$(dirname "$_script")/.." 2>/dev/null && pwd) || VOSR_ROOT=$SLURM_SUBMIT_DIR
+  [[ -f "$VOSR_ROOT/slurm/stage.sh" ]] || VOSR_ROOT=$SLURM_SUBMIT_DIR
+  export VOSR_ROOT
+fi
 
 # Each srun task runs the rank under this wrapper. A rank that saved after preemption exits 75;
 # the wrapper records that in a marker file and exits 0, so `--kill-on-bad-exit` (which stops a
@@ -101,6 +127,7 @@ vosr_run_stage() {  # vosr_run_stage MODULE CONFIG [key=value ...]
   local module=$1
   if (($# < 2)); then
     echo "usage: sbatch slurm/{train_teacher,distill}.sh CONFIG [key=value ...]  (for $1)" >&2
+    echo "       sbatch slurm/stage.sh MODULE CONFIG [key=value ...]" >&2
     return 2
   fi
   shift
@@ -135,3 +162,9 @@ vosr_run_stage() {  # vosr_run_stage MODULE CONFIG [key=value ...]
   fi
   return "$VOSR_RC"
 }
+
+case "$(basename "$_script")" in
+  train_teacher.sh) vosr_run_stage vosr.train "$@" ;;
+  distill.sh) vosr_run_stage vosr.distill "$@" ;;
+  *) vosr_run_stage "$@" ;;
+esac

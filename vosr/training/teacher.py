@@ -1,0 +1,31 @@
+"""The teacher stage: flow matching with partial conditioning (METHOD.md §4), validated with the
+guided Euler sampler. ``build_teacher`` is what ``vosr.train`` hands to the training loop."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vosr.config import RunConfig
+from vosr.method.flow import flow_loss, sample_euler
+from vosr.models.weights import load_vosr_weights
+from vosr.training.setup import FrozenParts, Objective, build_model, model_flops
+
+
+def teacher_objective(cfg: RunConfig, model: nn.Module, parts: FrozenParts) -> Objective:
+    """Flow matching with partial conditioning; validated with the guided Euler sampler."""
+    flow = cfg.flow
+    return Objective(
+        name="teacher",
+        loss=lambda m, z_hq, z_lq, sem, gen: flow_loss(m, z_hq, z_lq, sem, flow, gen),
+        sample=lambda m, z_lq, sem, noise: sample_euler(m, z_lq, sem, noise, steps=flow.sample_steps,
+                                                        guidance=flow.guidance, weak_anchor=flow.weak_anchor),
+        flops_per_image=model_flops(model, cfg, parts, forward_passes=3.0),
+    )
+
+
+def build_teacher(cfg: RunConfig, parts: FrozenParts, device: torch.device) -> tuple[nn.Module, Objective]:
+    """A fresh (or ``model.init_from``) teacher and its objective."""
+    model = build_model(cfg, parts, with_r=False)
+    if cfg.model.init_from:
+        load_vosr_weights(model, cfg.model.init_from)
+    return model, teacher_objective(cfg, model, parts)
