@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -14,26 +13,8 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _find_golden() -> Path:
-    """The reference tensors: ``$VOSR_GOLDEN_DIR``, else ``shared/golden`` beside this checkout, else
-    beside the checkout this one was cloned from (``git clone . /tmp/x`` of a working tree)."""
-    if os.environ.get("VOSR_GOLDEN_DIR"):
-        return Path(os.environ["VOSR_GOLDEN_DIR"])
-    beside = REPO.parent / "shared" / "golden"
-    if beside.is_dir():
-        return beside
-    origin = subprocess.run(["git", "-C", str(REPO), "remote", "get-url", "origin"], capture_output=True,
-                            text=True).stdout.strip()
-    if origin and Path(origin).is_dir():
-        cloned_from = Path(origin).resolve().parent / "shared" / "golden"
-        if cloned_from.is_dir():
-            return cloned_from
-    return beside
-
-
-GOLDEN = _find_golden()
+GOLDEN = REPO / "tests" / "golden"
+"""Reference tensors recorded from the VOSR reference implementation (see tests/golden/README.md)."""
 
 # Offline, CPU-only defaults for every test (set before heavy imports happen in tests).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -117,7 +98,5 @@ def photo_shards(tmp_path: Path) -> list[Path]:
 
 @pytest.fixture
 def golden_dir() -> Path:
-    """The reference tensors (see ``_find_golden``); tests skip with a reason when they are absent."""
-    if not GOLDEN.is_dir():
-        pytest.skip(f"golden tensors not found at {GOLDEN} (set VOSR_GOLDEN_DIR, or put shared/ beside this checkout)")
+    """The reference tensors, kept in the repository (``tests/golden``)."""
     return GOLDEN
