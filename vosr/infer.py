@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = plan_outputs(inputs, Path(args.output).expanduser())
         pipe = load_pipeline(args.checkpoint, config=args.config, overrides=args.overrides,
                              device=resolve_device(args.device), dtype=DTYPES[args.dtype])
+        pipe.sample_options(args.steps, args.guidance, args.weak_anchor)  # sampler flags fail before any work
     except (FileNotFoundError, ValueError, KeyError) as e:
         logger.error("%s", e)
         return 2

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from tests import toy_models
+from tests.golden_models import golden_model
 from vosr.config.run import DistillConfig, FlowConfig
 from vosr.method.distill import (
     distill_loss,
@@ -181,27 +182,9 @@ def test_distill_loss_trains_student_only(objective: str) -> None:
         distill_loss(student, teacher, x0, lq[..., :2], sem, FlowConfig(), cfg, None)
 
 
-def _golden_student(golden_dir: Path) -> nn.Module:
-    """The reference's tiny one-step student, built through ``vosr.models.dit`` from its recorded config."""
-    from vosr.models.dit import DiTConfig, VOSRDiT
-
-    path = golden_dir / "vosr_reference_tiny.safetensors"
-    with safe_open(str(path), "pt") as f:
-        ref = json.loads(f.metadata()["configs"])["student"]
-    state = {k[len("student.weights."):]: v for k, v in load_file(str(path)).items()
-             if k.startswith("student.weights.")}
-    cfg = DiTConfig(hidden_size=ref["hidden_size"], depth=ref["depth"], num_heads=ref["num_heads"],
-                    patch_size=ref["patch_size"], in_channels=ref["in_channels"], out_channels=ref["out_channels"],
-                    mlp_ratio=ref["mlp_ratio"], semantic_dim=ref["z_dims"], semantic_mlp_ratio=ref["encdim_ratio"],
-                    with_r=ref["auxiliary_time_cond"], input_size=ref["input_size"])
-    model = VOSRDiT(cfg).eval()
-    model.load_state_dict(state, strict=True)
-    return model
-
-
 def test_golden_distill_targets(golden_dir: Path) -> None:
     """u, RCGM and shortcut targets of the reference implementation for its tiny student (shared/golden)."""
-    student = _golden_student(golden_dir)
+    student = golden_model(golden_dir, "student")
     g = load_file(str(golden_dir / "vosr_reference_distill_targets.safetensors"))
     with safe_open(str(golden_dir / "vosr_reference_distill_targets.safetensors"), "pt") as f:
         rcgm = json.loads(f.metadata()["rcgm"])

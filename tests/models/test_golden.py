@@ -1,31 +1,20 @@
-"""The transformer reproduces the reference implementation's golden tensors (shared/golden)."""
+"""The transformer reproduces the reference implementation's golden tensors (tests/golden)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
-from vosr.models.dit import DiTConfig, VOSRDiT
+from tests.golden_models import golden_config, golden_model, golden_state
+from vosr.models.dit import VOSRDiT
 from vosr.models.weights import load_vosr_weights
 
 
 def _model_for(golden_dir: Path, name: str) -> tuple[VOSRDiT, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    path = golden_dir / "vosr_reference_tiny.safetensors"
-    with safe_open(str(path), "pt") as f:
-        ref = json.loads(f.metadata()["configs"])[name]
-    tensors = load_file(str(path))
-    prefix = f"{name}.weights."
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    cfg = DiTConfig(hidden_size=ref["hidden_size"], depth=ref["depth"], num_heads=ref["num_heads"],
-                    patch_size=ref["patch_size"], in_channels=ref["in_channels"],
-                    out_channels=ref["out_channels"], mlp_ratio=ref["mlp_ratio"], semantic_dim=ref["z_dims"],
-                    semantic_mlp_ratio=ref["encdim_ratio"], with_r=ref["auxiliary_time_cond"],
-                    input_size=ref["input_size"])
-    return VOSRDiT(cfg).eval(), state, tensors
+    tensors = load_file(str(golden_dir / "vosr_reference_tiny.safetensors"))
+    return VOSRDiT(golden_config(golden_dir, name)).eval(), golden_state(golden_dir, name), tensors
 
 
 @pytest.mark.parametrize("name", ["teacher", "student"])
@@ -62,3 +51,30 @@ def test_student_with_r_equal_t_is_teacher_function(golden_dir: Path) -> None:
     x, t, z = tensors["student.in.x"], tensors["student.in.t"], tensors["student.in.z"]
     with torch.no_grad():
         torch.testing.assert_close(model(x, t, z, t.clone()), model(x, t, z, None))
+
+
+OTHER_GRIDS = ("12x12", "20x20", "20x12")  # latent H x W; the training grid is 16x16 (8x8 tokens)
+
+
+@pytest.mark.parametrize("size", OTHER_GRIDS)
+def test_golden_rope_tables_at_other_grids(golden_dir: Path, size: str) -> None:
+    """Positions rescaled to the 8x8 training grid, per axis, and the tables built from them."""
+    g = load_file(str(golden_dir / "vosr_reference_sampling.safetensors"))
+    model = golden_model(golden_dir, "teacher")
+    h, w = (int(v) // 2 for v in size.split("x"))
+    cos, sin = model.feat_rope.tables(h, w, torch.device("cpu"))
+    torch.testing.assert_close(cos, g[f"rope.{size}.freqs_cos"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(sin, g[f"rope.{size}.freqs_sin"], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("weights", "size"), [*(("teacher", s) for s in OTHER_GRIDS),
+                                               *(("teacher_attn", s) for s in (*OTHER_GRIDS, "16x16"))])
+def test_golden_forward_at_other_grids(golden_dir: Path, weights: str, size: str) -> None:
+    """The teacher at latent grids other than its training one; ``teacher_attn`` weights make attention
+    depend on position, so integer instead of rescaled positions would move the output by ~0.1."""
+    g = load_file(str(golden_dir / "vosr_reference_sampling.safetensors"))
+    swapped = {k[len("teacher_attn.weights."):]: v for k, v in g.items() if k.startswith("teacher_attn.weights.")}
+    model = golden_model(golden_dir, "teacher", **(swapped if weights == "teacher_attn" else {}))
+    with torch.no_grad():
+        out = model(g[f"sizes.in.x_{size}"], g["sizes.in.t"], g["sizes.in.z"])
+    torch.testing.assert_close(out, g[f"sizes.{weights}.out_{size}"], atol=1e-5, rtol=1e-5)

@@ -74,8 +74,13 @@ def test_pipeline_from_export_with_overrides(tmp_path):
     path = make_export(tmp_path / "m.safetensors", "model.with_r=true")
     pipe = load_pipeline(path, overrides=["flow.sample_steps=3"])
     assert pipe.model.cfg.with_r and pipe.config.flow.sample_steps == 3
-    assert pipe.sample_options(None, None, None).one_step
-    assert not pipe.sample_options(4, None, None).one_step
+    one = pipe.sample_options(None, None, None)
+    assert one.student and one.steps == 1 and one.guidance is None
+    four = pipe.sample_options(4, None, None)  # the reference's chain of u(x, t_k, t_k+1), not Euler
+    assert four.student and four.steps == 4
+    for knobs in ((0.5, None), (None, 0.1)):
+        with pytest.raises(ValueError, match="distilled student"):
+            pipe.sample_options(None, *knobs)
     out = pipe.upscale(torch.rand(1, 3, 12, 20, generator=torch.Generator().manual_seed(0)))
     assert out.shape == (1, 3, 48, 80) and 0 <= out.min() and out.max() <= 1
 

@@ -21,7 +21,7 @@ from vosr.config import RunConfig, apply_overrides, from_dict, load_run_config, 
 from vosr.data.degrade import upsample_lr
 from vosr.inference.colorfix import apply_color_fix
 from vosr.inference.tiling import TiledDenoiser, TileGrid, make_grid, tiled_apply
-from vosr.method.flow import randn, sample_euler, sample_one_step
+from vosr.method.flow import randn, sample_euler, sample_student
 from vosr.models.autoencoder import Autoencoder, build_autoencoder
 from vosr.models.dit import VOSRDiT, build_dit
 from vosr.models.semantic import SemanticEncoder, build_semantic_encoder
@@ -51,10 +51,11 @@ class TileOptions:
 class SampleOptions:
     """Sampler settings resolved from the config defaults and the caller's choices."""
 
-    one_step: bool
+    student: bool
+    """A distilled student (chain of average velocities, no guidance) rather than the guided teacher."""
     steps: int
-    guidance: float
-    weak_anchor: float
+    guidance: float | None
+    weak_anchor: float | None
 
 
 class SRPipeline:
@@ -84,14 +85,24 @@ class SRPipeline:
         return self.autoencoder.downsample * self.model.cfg.patch_size
 
     def sample_options(self, steps: int | None, guidance: float | None, weak_anchor: float | None) -> SampleOptions:
-        """One-step for a model with the ``r`` input and ``steps`` in (None, 1); else Euler."""
+        """A student (a model with the ``r`` input) samples in ``steps`` (default 1) average-velocity steps
+        without guidance, as the reference does; a teacher runs guided Euler (default flow.sample_steps).
+
+        Raises ValueError for guidance or a weak anchor given to a student: its guidance was fixed when it
+        was distilled (``distill.guidance``), so the knob would silently do nothing.
+        """
         flow = self.config.flow
-        one_step = self.model.cfg.with_r and steps in (None, 1)
-        steps = 1 if one_step else (steps if steps is not None else flow.sample_steps)
+        student = self.model.cfg.with_r
+        if student and (guidance is not None or weak_anchor is not None):
+            raise ValueError(f"this is a distilled student: its guidance was fixed at distillation "
+                             f"(distill.guidance={self.config.distill.guidance}); --guidance/--weak-anchor apply to "
+                             "multi-step teachers only")
+        steps = steps if steps is not None else (1 if student else flow.sample_steps)
         if steps < 1:
             raise ValueError(f"steps={steps} must be >= 1 (--steps / flow.sample_steps)")
-        return SampleOptions(one_step=one_step, steps=steps,
-                             guidance=flow.guidance if guidance is None else guidance,
+        if student:
+            return SampleOptions(student=True, steps=steps, guidance=None, weak_anchor=None)
+        return SampleOptions(student=False, steps=steps, guidance=flow.guidance if guidance is None else guidance,
                              weak_anchor=flow.weak_anchor if weak_anchor is None else weak_anchor)
 
     def prepare(self, lr01: Tensor, scale: float | None = None) -> Tensor:
@@ -122,8 +133,8 @@ class SRPipeline:
         generator = torch.Generator().manual_seed(seed)
         noise = randn(tuple(z_lq.shape), generator, self.device).to(self.dtype)
         denoiser = TiledDenoiser(self.model, grid, tiles.batch)
-        if opts.one_step:
-            z_hq = sample_one_step(denoiser, z_lq, sem, noise)
+        if opts.student:
+            z_hq = sample_student(denoiser, z_lq, sem, noise, steps=opts.steps, progress=progress)
         else:
             z_hq = sample_euler(denoiser, z_lq, sem, noise, steps=opts.steps, guidance=opts.guidance,
                                 weak_anchor=opts.weak_anchor, progress=progress)

@@ -7,11 +7,24 @@ frozen teacher is called with ``r = None``. Path convention of ``vosr.method.flo
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from vosr.config.run import DistillConfig, FlowConfig
-from vosr.method.flow import Model, interpolate, mix_conditions, noise_condition, per_sample, rand, randn, weak_anchor
+from vosr.method.flow import (
+    ConditionDraws,
+    Model,
+    apply_conditions,
+    draw_conditions,
+    interpolate,
+    per_sample,
+    rand,
+    randn,
+    spherical_noise,
+    weak_anchor,
+)
 
 _MIN_INTERVAL = 1e-6
 """Floor of ``d = t - r`` in the RCGM short-interval branch (METHOD.md §5)."""
@@ -101,28 +114,49 @@ def shortcut_target(student: Model, x_t: Tensor, t: Tensor, r: Tensor, cond: Ten
     return (v1 + v2) / 2
 
 
+@dataclass
+class DistillDraws:
+    """Every random draw of one distillation loss call."""
+
+    t: Tensor
+    """(B,) start times."""
+    r: Tensor
+    """(B,) end times, ``r <= t``."""
+    eps: Tensor
+    """(B, C, H, W) the noise end of the path."""
+    conditions: ConditionDraws
+    """Condition noise and weak flags; ``w`` is the fixed ``distill.weak_anchor``."""
+
+
+def draw_distill(z_hq: Tensor, flow_cfg: FlowConfig, cfg: DistillConfig,
+                 generator: torch.Generator | None) -> DistillDraws:
+    """Draw (t, r), eps and the conditioning draws for a distillation loss on ``z_hq`` (B, C, H, W)."""
+    t, r = sample_t_r(z_hq.shape[0], generator, z_hq.device)
+    eps = randn(tuple(z_hq.shape), generator, z_hq.device).to(z_hq.dtype)
+    return DistillDraws(t=t, r=r, eps=eps, conditions=draw_conditions(z_hq, flow_cfg, generator, w=cfg.weak_anchor))
+
+
 def distill_loss(student: Model, teacher: Model, z_hq: Tensor, z_lq: Tensor, sem: Tensor | None,
-                 flow_cfg: FlowConfig, cfg: DistillConfig,
-                 generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
+                 flow_cfg: FlowConfig, cfg: DistillConfig, generator: torch.Generator | None,
+                 draws: DistillDraws | None = None) -> tuple[Tensor, dict[str, float]]:
     """Distillation loss ``||u(x_t, t, t) - v*||^2 + lambda ||u(x_t, t, r) - sg(target)||^2`` (METHOD.md §5).
 
     The student sees the partially mixed input (``flow_cfg.cfg_ratio`` of the samples get
     ``cfg.weak_anchor * lq`` and zero tokens, the rest spherical-noised ``lq`` and ``sem``); the
     teacher gives ``v*`` from ``lq_noised``/``sem`` and ``lq_weak``/zeros for every sample.
-    z_hq, z_lq: (B, C, H, W); sem: (B, N, D) or None. Returns the fp32 loss (with graph) and stats
-    ``loss/distill``, ``loss/distill_v`` (r = t term), ``loss/distill_u`` (t, r term, unweighted).
+    z_hq, z_lq: (B, C, H, W); sem: (B, N, D) or None; ``draws`` (else drawn with ``generator``)
+    fixes every random choice. Returns the fp32 loss (with graph) and stats ``loss/distill``,
+    ``loss/distill_v`` (r = t term), ``loss/distill_u`` (t, r term, unweighted).
     """
     if z_hq.shape != z_lq.shape:
         raise ValueError(f"distill_loss: HQ latent {tuple(z_hq.shape)} and LQ latent {tuple(z_lq.shape)} differ; "
                          "check data.scale and the LQ upsampling")
-    batch, device = z_hq.shape[0], z_hq.device
-    t, r = sample_t_r(batch, generator, device)  # (B,), (B,)
-    noise = randn(tuple(z_hq.shape), generator, device).to(z_hq.dtype)
-    x_t = interpolate(z_hq, noise, t)  # (B, C, H, W)
-    lq_noised = noise_condition(z_lq, flow_cfg, generator)
+    draws = draws if draws is not None else draw_distill(z_hq, flow_cfg, cfg, generator)
+    t, r = draws.t, draws.r  # (B,), (B,)
+    x_t = interpolate(z_hq, draws.eps, t)  # (B, C, H, W)
+    lq_noised = spherical_noise(z_lq, draws.conditions.keep, draws.conditions.noise)
     lq_weak = weak_anchor(z_lq, cfg.weak_anchor)
-    weak = rand((batch,), generator, device) < flow_cfg.cfg_ratio  # (B,) bool
-    mixed = mix_conditions(lq_noised, lq_weak, sem, weak)
+    mixed = apply_conditions(z_lq, sem, draws.conditions)
     v_star = guided_teacher_velocity(teacher, x_t, t, lq_noised, lq_weak, sem, cfg)
 
     # u(x_t, t, t) and u(x_t, t, r) in one student forward of 2B.

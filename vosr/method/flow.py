@@ -8,7 +8,7 @@ METHOD.md §4 (VOSR, CVPR 2026). Path: ``x_t = (1 - t) x_hq + t eps`` with ``t =
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -75,15 +75,48 @@ def interpolate(x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- conditions
-def noise_condition(lq: Tensor, cfg: FlowConfig, generator: torch.Generator | None) -> Tensor:
-    """Spherical condition noise ``a lq + sqrt(1 - a^2) n``, ``a = sigmoid(N(mean, std))`` per sample.
+@dataclass
+class ConditionDraws:
+    """The random draws of partial conditioning for one batch (recorded draws can be fed back in)."""
 
-    Keeps unit variance for unit-variance ``lq`` (METHOD.md §4). lq: (B, C, H, W).
+    keep: Tensor
+    """(B,) share ``a`` of the LQ latent kept by the spherical condition noise."""
+    noise: Tensor
+    """(B, C, H, W) the noise ``n`` mixed into the LQ latent."""
+    weak: Tensor
+    """(B,) bool: which samples get the weak anchor."""
+    w: Tensor
+    """(B,) weak-anchor weight of each sample."""
+
+
+def draw_conditions(lq: Tensor, cfg: FlowConfig, generator: torch.Generator | None,
+                    w: float | None = None) -> ConditionDraws:
+    """Draw ``a = sigmoid(N(mean, std))``, ``n``, the weak flags (``cfg.cfg_ratio``) and ``w``.
+
+    ``w`` is drawn per sample from ``U[weak_min, weak_max]`` unless a fixed value is given (the
+    distillation's). lq: (B, C, H, W); the draw order is a, n, weak, w.
     """
-    a = torch.sigmoid(cfg.cond_noise_mean + cfg.cond_noise_std * randn((lq.shape[0],), generator, lq.device))
-    n = randn(tuple(lq.shape), generator, lq.device).to(lq.dtype)  # (B, C, H, W)
-    a_b = per_sample(a, lq)
-    return a_b * lq + torch.sqrt(1 - a_b * a_b) * n
+    batch = lq.shape[0]
+    keep = torch.sigmoid(cfg.cond_noise_mean + cfg.cond_noise_std * randn((batch,), generator, lq.device))
+    noise = randn(tuple(lq.shape), generator, lq.device).to(lq.dtype)  # (B, C, H, W)
+    weak = rand((batch,), generator, lq.device) < cfg.cfg_ratio  # (B,) bool
+    if w is None:
+        w_b = cfg.weak_min + (cfg.weak_max - cfg.weak_min) * rand((batch,), generator, lq.device)
+    else:
+        w_b = torch.full((batch,), float(w), device=lq.device)
+    return ConditionDraws(keep=keep, noise=noise, weak=weak, w=w_b)
+
+
+def spherical_noise(lq: Tensor, keep: Tensor, noise: Tensor) -> Tensor:
+    """``a lq + sqrt(1 - a^2) n`` per sample (METHOD.md §4): unit variance kept for unit-variance ``lq``."""
+    a_b = per_sample(keep, lq)
+    return a_b * lq + torch.sqrt(1 - a_b * a_b) * noise
+
+
+def noise_condition(lq: Tensor, cfg: FlowConfig, generator: torch.Generator | None) -> Tensor:
+    """Spherical condition noise with freshly drawn ``a = sigmoid(N(mean, std))`` and ``n``; lq (B, C, H, W)."""
+    draws = draw_conditions(lq, cfg, generator)
+    return spherical_noise(lq, draws.keep, draws.noise)
 
 
 def weak_anchor(lq: Tensor, w: Tensor | float) -> Tensor:
@@ -105,37 +138,55 @@ def mix_conditions(cond: Tensor, weak_cond: Tensor, sem: Tensor | None, weak: Te
     return Conditions(cond=cond_mixed, sem=sem_mixed, weak=weak)
 
 
+def apply_conditions(lq: Tensor, sem: Tensor | None, draws: ConditionDraws) -> Conditions:
+    """Partial conditioning from given draws: spherical-noised ``lq`` with ``sem``, or ``w lq`` and zeros."""
+    return mix_conditions(spherical_noise(lq, draws.keep, draws.noise), weak_anchor(lq, draws.w), sem, draws.weak)
+
+
 def partial_condition(lq: Tensor, sem: Tensor | None, cfg: FlowConfig,
                       generator: torch.Generator | None) -> Conditions:
     """Partial conditioning (METHOD.md §4): spherical-noised ``lq`` with full ``sem``, except a
     ``cfg.cfg_ratio`` fraction of samples that get ``w lq`` (``w ~ U[weak_min, weak_max]``, no
     noise) and zero semantic tokens. lq: (B, C, H, W); sem: (B, N, D) or None.
     """
-    batch = lq.shape[0]
-    noised = noise_condition(lq, cfg, generator)
-    weak = rand((batch,), generator, lq.device) < cfg.cfg_ratio  # (B,) bool
-    w = cfg.weak_min + (cfg.weak_max - cfg.weak_min) * rand((batch,), generator, lq.device)
-    return mix_conditions(noised, weak_anchor(lq, w), sem, weak)
+    return apply_conditions(lq, sem, draw_conditions(lq, cfg, generator))
 
 
 # ----------------------------------------------------------------------------- loss
+@dataclass
+class FlowDraws:
+    """Every random draw of one teacher loss call."""
+
+    t: Tensor
+    """(B,) training times."""
+    eps: Tensor
+    """(B, C, H, W) the noise end of the path."""
+    conditions: ConditionDraws
+
+
+def draw_flow(z_hq: Tensor, cfg: FlowConfig, generator: torch.Generator | None) -> FlowDraws:
+    """Draw t, eps and the conditioning draws for a teacher loss on ``z_hq`` (B, C, H, W)."""
+    t = sample_time(z_hq.shape[0], cfg, generator, z_hq.device)  # (B,)
+    eps = randn(tuple(z_hq.shape), generator, z_hq.device).to(z_hq.dtype)
+    return FlowDraws(t=t, eps=eps, conditions=draw_conditions(z_hq, cfg, generator))
+
+
 def flow_loss(model: Model, z_hq: Tensor, z_lq: Tensor, sem: Tensor | None, cfg: FlowConfig,
-              generator: torch.Generator | None) -> tuple[Tensor, dict[str, float]]:
+              generator: torch.Generator | None, draws: FlowDraws | None = None) -> tuple[Tensor, dict[str, float]]:
     """Teacher flow-matching loss: MSE between ``model([c, x_t], t, s)`` and ``v = eps - z_hq``.
 
-    z_hq, z_lq: (B, C, H, W) latents on one grid; sem: (B, N, D) or None. Returns the scalar
-    loss (fp32, with graph) and stats ``loss/flow`` and ``flow/weak_fraction``.
+    z_hq, z_lq: (B, C, H, W) latents on one grid; sem: (B, N, D) or None. ``draws`` (else drawn
+    with ``generator``) fixes every random choice. Returns the scalar loss (fp32, with graph) and
+    stats ``loss/flow`` and ``flow/weak_fraction``.
     """
     if z_hq.shape != z_lq.shape:
         raise ValueError(f"flow_loss: HQ latent {tuple(z_hq.shape)} and LQ latent {tuple(z_lq.shape)} differ; "
                          "check data.scale and the LQ upsampling")
-    batch = z_hq.shape[0]
-    t = sample_time(batch, cfg, generator, z_hq.device)  # (B,)
-    noise = randn(tuple(z_hq.shape), generator, z_hq.device).to(z_hq.dtype)  # (B, C, H, W)
-    x_t = interpolate(z_hq, noise, t)
-    target = noise - z_hq  # (B, C, H, W)
-    conds = partial_condition(z_lq, sem, cfg, generator)
-    v_pred = model(torch.cat([conds.cond, x_t], dim=1), t, conds.sem, None)  # (B, C, H, W)
+    draws = draws if draws is not None else draw_flow(z_hq, cfg, generator)
+    x_t = interpolate(z_hq, draws.eps, draws.t)
+    target = draws.eps - z_hq  # (B, C, H, W)
+    conds = apply_conditions(z_lq, sem, draws.conditions)
+    v_pred = model(torch.cat([conds.cond, x_t], dim=1), draws.t, conds.sem, None)  # (B, C, H, W)
     loss = (v_pred.float() - target.float()).pow(2).mean()
     values = torch.stack([loss.detach(), conds.weak.float().mean()]).tolist()  # one device sync
     return loss, {"loss/flow": values[0], "flow/weak_fraction": values[1]}
@@ -169,20 +220,25 @@ def sample_euler(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor, 
 
     z_lq, noise: (B, C, H, W); returns (B, C, H, W) in ``noise``'s dtype.
     """
-    if steps < 1:
-        raise ValueError(f"sample_euler: steps={steps} must be >= 1; change flow.sample_steps")
-    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
     x = noise
-    iterator = range(steps)
-    if progress:
-        from tqdm.auto import tqdm
-
-        iterator = tqdm(iterator, desc="euler", leave=False)
-    for k in iterator:
-        t = torch.full((x.shape[0],), times[k], device=x.device, dtype=torch.float32)
+    for t_k, t_next in _uniform_steps(steps, "sample_euler", progress):
+        t = torch.full((x.shape[0],), t_k, device=x.device, dtype=torch.float32)
         v = guided_velocity(model, x, t, z_lq, sem, guidance=guidance, weak_anchor=weak_anchor)
-        x = x - (times[k] - times[k + 1]) * v.to(x.dtype)
+        x = x - (t_k - t_next) * v.to(x.dtype)
     return x
+
+
+def _uniform_steps(steps: int, who: str, progress: bool = False) -> Iterator[tuple[float, float]]:
+    """``(t_k, t_{k+1})`` with ``t_k = 1 - k / steps``, k = 0..steps-1 (a tqdm bar when ``progress``)."""
+    if steps < 1:
+        raise ValueError(f"{who}: steps={steps} must be >= 1; change flow.sample_steps or --steps")
+    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64).tolist()
+    pairs = list(zip(times[:-1], times[1:]))
+    if not progress:
+        return iter(pairs)
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(pairs, desc=who, leave=False))
 
 
 def one_step(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor) -> Tensor:
@@ -198,3 +254,19 @@ def one_step(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor) -> T
 
 
 sample_one_step = torch.no_grad()(one_step)
+
+
+@torch.no_grad()
+def sample_student(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor, *, steps: int = 1,
+                   progress: bool = False) -> Tensor:
+    """Few-step student sample (METHOD.md §5): from ``noise`` at t = 1, chain the average velocity
+    ``x <- x - (t_k - t_{k+1}) u(x, t_k, t_{k+1})`` over ``steps`` uniform steps; no guidance.
+
+    ``steps = 1`` is ``sample_one_step``. z_lq, noise: (B, C, H, W); returns (B, C, H, W).
+    """
+    x = noise
+    for t_k, t_next in _uniform_steps(steps, "sample_student", progress):
+        t = torch.full((x.shape[0],), t_k, device=x.device, dtype=torch.float32)
+        r = torch.full((x.shape[0],), t_next, device=x.device, dtype=torch.float32)
+        x = x - (t_k - t_next) * model(torch.cat([z_lq, x], dim=1), t, sem, r).to(x.dtype)
+    return x

@@ -40,21 +40,37 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 # ---------------------------------------------------------------------------------------
 
 
+def rope_positions(n: int, n_train: int, device: torch.device | None = None) -> torch.Tensor:
+    """Token positions along one axis: ``0..n-1`` at the training grid, else ``arange(n) / n * n_train``.
+
+    The reference rescales positions to the training extent, so any grid spans the position range
+    the model was trained on (a 12-token axis of a model trained at 32 gets positions 0, 2.67, ...).
+    Computed in float32 as ``(i / n) * n_train``, like the reference.
+    """
+    pos = torch.arange(n, dtype=torch.float32, device=device)
+    if n != n_train:
+        pos = (pos / n) * n_train
+    return pos.double()
+
+
 def rope_2d_tables(head_dim: int, grid_h: int, grid_w: int, theta: float = 10000.0,
-                   device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   device: torch.device | None = None,
+                   train_grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables ``(grid_h * grid_w, head_dim)`` of the EVA 2-D RoPE, row-major tokens.
 
-    The first half of each head rotates with the row index, the second with the column
-    index; within a half, frequency ``1 / theta^(2i/d)`` (d = head_dim / 2) is repeated for
-    an interleaved pair.
+    The first half of each head rotates with the row position, the second with the column
+    position; within a half, frequency ``1 / theta^(2i/d)`` (d = head_dim / 2) is repeated for
+    an interleaved pair. With ``train_grid`` (rows, cols) positions are rescaled to it per axis
+    (``rope_positions``); without, they are the integer indices.
     """
     if head_dim % 4 != 0:
         raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {head_dim}; "
                          "change model.hidden_size or model.num_heads")
+    train_h, train_w = train_grid if train_grid is not None else (grid_h, grid_w)
     half = head_dim // 2
     freqs = 1.0 / (theta ** (torch.arange(0, half, 2, dtype=torch.float64, device=device) / half))
-    rows = torch.arange(grid_h, dtype=torch.float64, device=device)[:, None] * freqs  # (h, half/2)
-    cols = torch.arange(grid_w, dtype=torch.float64, device=device)[:, None] * freqs  # (w, half/2)
+    rows = rope_positions(grid_h, train_h, device)[:, None] * freqs  # (h, half/2)
+    cols = rope_positions(grid_w, train_w, device)[:, None] * freqs  # (w, half/2)
     rows = rows.repeat_interleave(2, dim=-1)[:, None, :].expand(grid_h, grid_w, half)
     cols = cols.repeat_interleave(2, dim=-1)[None, :, :].expand(grid_h, grid_w, half)
     angles = torch.cat([rows, cols], dim=-1).reshape(grid_h * grid_w, head_dim)
@@ -75,8 +91,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class RoPE2D(nn.Module):
     """Holds the 2-D RoPE tables; ``freqs_cos``/``freqs_sin`` buffers exist for checkpoint keys.
 
-    ``tables(h, w)`` returns the registered buffers when the grid matches them and builds
-    (and caches, non-persistently) fresh tables for any other grid, so any (h, w) works.
+    The buffers are built for the training token grid. ``tables(h, w)`` returns them when the
+    grid matches and builds (and caches, non-persistently) tables with positions rescaled to the
+    training grid for any other (h, w), as the reference does.
     """
 
     def __init__(self, head_dim: int, grid_h: int, grid_w: int) -> None:
@@ -102,7 +119,7 @@ class RoPE2D(nn.Module):
             return self.freqs_cos, self.freqs_sin
         key = (grid_h, grid_w, str(device))
         if key not in self._cache:
-            self._cache[key] = rope_2d_tables(self.head_dim, grid_h, grid_w, device=device)
+            self._cache[key] = rope_2d_tables(self.head_dim, grid_h, grid_w, device=device, train_grid=self.grid)
         return self._cache[key]
 
 
