@@ -141,6 +141,21 @@ def to_uint8(img01: Tensor) -> np.ndarray:
     return (img01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
+def resize_bicubic(img01: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, 3, h, w) in [0, 1] -> (B, 3, H, W) = ``size``, each image resized by PIL's bicubic in 8 bits.
+
+    How the reference upsamples the LR input at inference (PIL's kernel, a = -0.5, differs from
+    torch's a = -0.75 by several levels on edges); also the bicubic baseline of the benchmarks.
+    """
+    import torch
+
+    out = []
+    for img in img01:
+        pil = Image.fromarray(to_uint8(img)).resize((size[1], size[0]), Image.Resampling.BICUBIC)
+        out.append(to_tensor(np.asarray(pil)))
+    return torch.cat(out).to(img01.device)
+
+
 def make_grid(rows: list[list[Tensor]], gap: int = 2) -> np.ndarray:
     """Rows of equally sized (3, H, W) images in [0, 1] -> one (H', W', 3) uint8 picture, white gaps."""
     h, w = rows[0][0].shape[-2:]

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="guidance s (default flow.guidance)")
     p.add_argument("--weak-anchor", type=float, default=None, help="weak-anchor w (default flow.weak_anchor)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same for every image)")
-    p.add_argument("--color-fix", choices=COLOR_FIXES, default="none", help="colour correction vs the upsampled LR")
+    p.add_argument("--color-fix", choices=COLOR_FIXES, default="adain",
+                   help="colour correction against the upsampled LR (default adain, as the reference)")
     p.add_argument("--tile", type=int, default=None, help="tile side in output pixels for the transformer and the "
                    "autoencoder (default: data.crop_size / autoencoder.tile_size; 0 = no tiling)")
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels")

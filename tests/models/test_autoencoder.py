@@ -61,6 +61,13 @@ def test_diffusers_folder_loads(tmp_path: Path) -> None:
     # an explicit scaling_factor overrides the model's own; a pipeline folder's vae/ is found
     ae2 = build_autoencoder(AutoencoderConfig(kind="sd_vae", path=str(tmp_path), scaling_factor=0.25))
     torch.testing.assert_close(ae2.encode(img), latent / 2)
+    # training draws from the posterior (as the reference), reproducibly from the given generator
+    draw = ae.encode(img, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(draw, ae.encode(img, torch.Generator().manual_seed(3)))
+    with torch.no_grad():
+        std = vae.encode(img * 2 - 1).latent_dist.std * 0.5
+    z = (draw - latent) / std  # a standard normal draw around the mean
+    assert abs(z.mean().item()) < 0.05 and z.std().item() == pytest.approx(1.0, abs=0.05)
 
 
 def test_single_safetensors_and_light_decoder(tmp_path: Path) -> None:

@@ -59,7 +59,9 @@ def test_initialize_weights_zero_output() -> None:
     model = build_dit(ModelConfig(preset="tiny", with_r=True), latent_channels=4, semantic_dim=32)
     out = model(torch.randn(2, 8, 8, 8), torch.rand(2), torch.randn(2, 3, 32), torch.rand(2))
     assert torch.count_nonzero(out) == 0
-    assert torch.count_nonzero(model.t_block[1].weight) == 0
+    # adaLN-single as in the reference: N(0, 0.02) weights, zero bias (not adaLN-zero)
+    assert model.t_block[1].weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert torch.count_nonzero(model.t_block[1].bias) == 0
     assert torch.count_nonzero(model.final_layer.adaLN_modulation[1].weight) == 0
 
 

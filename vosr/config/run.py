@@ -53,6 +53,10 @@ class AutoencoderConfig:
     """Inference: largest image side (pixels) encoded/decoded in one piece."""
     tile_overlap: int = 64
     """Inference: overlap (pixels) between encoder/decoder tiles."""
+    sample_posterior: bool = True
+    """Training encodes HQ and LQ with a draw from the VAE posterior, as the reference does
+    (``latent_dist.sample()``); false encodes with the posterior mean (less latent noise in the
+    targets, but not what the released models were trained on). Inference always uses the mean."""
 
     def __post_init__(self) -> None:
         _check(self.kind == "pixel" or self.path is not None,
@@ -107,8 +111,9 @@ class FlowConfig:
     """Upper end of the weak-anchor weight."""
     sample_steps: int = 25
     """Euler steps of the multi-step sampler."""
-    guidance: float = 1.0
-    """Guidance s in v_weak + s (v_cond - v_weak); the paper uses -0.5 on RealSR, 0.5 on ScreenSR."""
+    guidance: float = -0.5
+    """Guidance s in v_weak + s (v_cond - v_weak): the reference's presets are -0.5 for real-world
+    photos (the default) and 0.5 for screen content; 1 is the conditioned branch alone."""
     weak_anchor: float = 0.15
     """Weak-anchor weight w used by the sampler's weak branch (mid-range by default)."""
 
@@ -200,7 +205,10 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     """AdamW betas."""
     weight_decay: float = 0.01
-    """AdamW decoupled weight decay."""
+    """AdamW decoupled weight decay, on every parameter as in the reference."""
+    decay_1d: bool = True
+    """Also decay 1-D parameters (norm weights and biases), as the reference does;
+    false exempts them, the common practice for large transformers."""
     eps: float = 1e-8
     """AdamW epsilon."""
     grad_clip: float = 1.0
@@ -213,8 +221,11 @@ class OptimConfig:
     """Optimizer steps of the run."""
     ema_decay: float = 0.9999
     """EMA decay per optimizer step (fp32)."""
-    ema_warmup: bool = True
-    """Use min(decay, (1 + n) / (10 + n)) so early EMA tracks the model."""
+    ema_warmup: bool = False
+    """Use min(decay, (1 + n) / (10 + n)) so an early EMA tracks the model. Off by default, as in the
+    reference: a distilled student's EMA then keeps most of its teacher initialisation for the first
+    thousands of steps (with warm-up it forgets it at once), which is what makes it a safe export
+    early on. Turn on for short from-scratch runs whose EMA must follow the model quickly."""
     max_nonfinite: int = 20
     """Stop the run after this many skipped steps with a non-finite loss."""
 

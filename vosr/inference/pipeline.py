@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vosr.config import RunConfig, apply_overrides, from_dict, load_run_config, to_dict
-from vosr.data.degrade import upsample_lr
+from vosr.images import resize_bicubic
 from vosr.inference.colorfix import apply_color_fix
 from vosr.inference.tiling import TiledDenoiser, TileGrid, make_grid, tiled_apply
 from vosr.method.flow import randn, sample_euler, sample_student
@@ -106,17 +106,17 @@ class SRPipeline:
                              weak_anchor=flow.weak_anchor if weak_anchor is None else weak_anchor)
 
     def prepare(self, lr01: Tensor, scale: float | None = None) -> Tensor:
-        """LR (B, 3, h, w) in [0, 1] -> bicubic upsampled, 8-bit quantised (B, 3, h*s, w*s)."""
+        """LR (B, 3, h, w) in [0, 1] -> (B, 3, h*s, w*s) upsampled by PIL's bicubic in 8 bits, as the reference."""
         if lr01.ndim != 4 or lr01.shape[1] != 3:
             raise ValueError(f"upscale expects an RGB batch (B, 3, h, w), got {tuple(lr01.shape)}")
         s = self.scale if scale is None else scale
         size = (int(round(lr01.shape[-2] * s)), int(round(lr01.shape[-1] * s)))
-        return upsample_lr(lr01.float().clamp(0, 1).to(self.device), size, "bicubic")
+        return resize_bicubic(lr01.float().clamp(0, 1).cpu(), size).to(self.device)
 
     @torch.no_grad()
     def upscale(self, lr01: Tensor, *, steps: int | None = None, guidance: float | None = None,
                 weak_anchor: float | None = None, seed: int = 0, tiles: TileOptions | None = None,
-                color_fix: str = "none", scale: float | None = None, progress: bool = False) -> Tensor:
+                color_fix: str = "adain", scale: float | None = None, progress: bool = False) -> Tensor:
         """Super-resolve ``lr01`` (B, 3, h, w) in [0, 1] -> (B, 3, h*s, w*s) in [0, 1] (float32, CPU).
 
         ``seed`` fixes the noise field (drawn once at full size on the CPU, so results do not

@@ -56,8 +56,12 @@ class Autoencoder(nn.Module, abc.ABC):
                              f"{self.downsample}; change {key} (or pad the image)")
 
     @abc.abstractmethod
-    def encode(self, img01: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> latent (B, latent_channels, H / downsample, W / downsample)."""
+    def encode(self, img01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> latent (B, latent_channels, H / downsample, W / downsample).
+
+        With ``generator`` a stochastic autoencoder draws from its posterior (training, as the
+        reference does); without, it returns the posterior mean (inference, validation).
+        """
 
     @abc.abstractmethod
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
@@ -75,7 +79,7 @@ class PixelSpace(Autoencoder):
         self.downsample = unshuffle
         self.freeze()
 
-    def encode(self, img01: torch.Tensor) -> torch.Tensor:
+    def encode(self, img01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         self.check_size(img01, "autoencoder.pixel_unshuffle (or the image size)")
         return F.pixel_unshuffle(img01 * 2 - 1, self.downsample)
 
@@ -116,11 +120,12 @@ class DiffusersVAE(Autoencoder):
         self.freeze()
 
     @torch.no_grad()
-    def encode(self, img01: torch.Tensor) -> torch.Tensor:
+    def encode(self, img01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         self.check_size(img01)
         x = (img01.to(self.shift.device).float() * 2 - 1).to(self._dtype())
         x = x[:, :, None] if self.video else x  # (B, 3, 1, H, W) for the video VAE
-        sample = self.vae.encode(x).latent_dist.mean
+        posterior = self.vae.encode(x).latent_dist
+        sample = posterior.mean if generator is None else posterior.sample(generator=generator)
         sample = sample[:, :, 0] if self.video else sample
         return (sample.float() - self.shift.float()) * self.gain.float()
 

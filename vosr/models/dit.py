@@ -131,7 +131,8 @@ class VOSRDiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """Xavier linears, N(0, 0.02) time MLPs; zero adaLN-single, final modulation and output."""
+        """As the reference: Xavier linears, N(0, 0.02) time MLPs and adaLN-single (``t_block``) with zero
+        bias; zero final modulation and output layer."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
@@ -150,7 +151,9 @@ class VOSRDiT(nn.Module):
         d = self.cfg.hidden_size
         for block in self.blocks:
             nn.init.normal_(block.scale_shift_table, std=d ** -0.5)
-        for layer in (self.t_block[1], self.final_layer.adaLN_modulation[1], self.final_layer.linear):
+        nn.init.normal_(self.t_block[1].weight, std=0.02)
+        nn.init.zeros_(self.t_block[1].bias)
+        for layer in (self.final_layer.adaLN_modulation[1], self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 

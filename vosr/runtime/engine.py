@@ -74,9 +74,11 @@ class TrainEngine:
         ds_config = build_ds_config(engine_cfg, optim_cfg, micro_batch, world.world_size)
         model.to(device)
         params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]  # norms, biases, tables: no weight decay
-        groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = [p for p in params if p.ndim >= 2 or optim_cfg.decay_1d]
+        no_decay = [p for p in params if p.ndim < 2 and not optim_cfg.decay_1d]  # norms and biases
+        groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}]
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups, lr=optim_cfg.lr, betas=optim_cfg.betas, eps=optim_cfg.eps,
                                            fused=device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_constant(optim_cfg.warmup_steps))

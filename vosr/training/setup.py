@@ -49,18 +49,23 @@ class FrozenParts:
     degradation: RealESRGANDegradation
     autoencoder: Autoencoder
     semantic: SemanticEncoder | None
+    sample_posterior: bool = True
+    """Training encodes with a posterior draw (``autoencoder.sample_posterior``); validation with the mean."""
 
     @torch.no_grad()
     def encode_pair(self, hr: torch.Tensor, generator: torch.Generator | None, *, train: bool = True,
                     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         """hr (B,3,H,W) in [0,1] -> (z_hq, z_lq, sem tokens | None, lr_up (B,3,H,W)).
 
-        The degradation runs in fp32; the frozen encoders under ``autocast`` (bf16 on GPUs).
+        The degradation runs in fp32; the frozen encoders under ``autocast`` (bf16 on GPUs). In
+        training a stochastic autoencoder draws its posterior with ``generator`` (see
+        ``sample_posterior``).
         """
         pair = self.degradation(hr, generator, train=train)
+        posterior = generator if train and self.sample_posterior else None
         with autocast():
-            z_hq = self.autoencoder.encode(hr).float()
-            z_lq = self.autoencoder.encode(pair.lr_up).float()
+            z_hq = self.autoencoder.encode(hr, posterior).float()
+            z_lq = self.autoencoder.encode(pair.lr_up, posterior).float()
             sem = self.semantic(pair.lr_up).float() if self.semantic is not None else None
         return z_hq, z_lq, sem, pair.lr_up
 
@@ -90,7 +95,8 @@ def build_frozen_parts(cfg: RunConfig, device: torch.device) -> FrozenParts:
     semantic = build_semantic_encoder(cfg.semantic)
     if semantic is not None:
         semantic = semantic.to(device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32).eval()
-    return FrozenParts(degradation=RealESRGANDegradation(cfg.degradation), autoencoder=autoencoder, semantic=semantic)
+    return FrozenParts(degradation=RealESRGANDegradation(cfg.degradation), autoencoder=autoencoder, semantic=semantic,
+                       sample_posterior=cfg.autoencoder.sample_posterior)
 
 
 def setup_world(cfg: RunConfig) -> tuple[distributed.WorldInfo, torch.device]:

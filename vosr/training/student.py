@@ -99,8 +99,10 @@ def student_objective(cfg: RunConfig, teacher: nn.Module, student: nn.Module, pa
         name="student",
         loss=loss,
         sample=lambda m, z_lq, sem, noise: sample_one_step(m, z_lq, sem, noise),
+        # The teacher row samples the velocity the student learns (omega, w of distill.*), so the grid
+        # compares like with like; the teacher's own inference preset (flow.guidance) may differ.
         extra_samplers={"teacher": lambda m, z_lq, sem, noise: sample_euler(
-            teacher, z_lq, sem, noise, steps=flow.sample_steps, guidance=flow.guidance, weak_anchor=flow.weak_anchor)},
+            teacher, z_lq, sem, noise, steps=flow.sample_steps, guidance=dist.guidance, weak_anchor=dist.weak_anchor)},
         flops_per_image=model_flops(student, cfg, parts, forward_passes=2 + 2 * 3 + no_grad_student),
     )
 
