@@ -1,7 +1,9 @@
 """Batched second-order Real-ESRGAN degradation (METHOD.md §1; Wang et al., ICCV-W 2021).
 
 HR batch -> [blur -> random resize -> noise -> JPEG] -> [blur -> random resize -> noise] ->
-random order of {resize to HR/scale + final sinc} and {JPEG} -> clamp, quantise to 8 bits.
+random order of {resize to HR/scale + final sinc} and {JPEG} -> clamp, quantise to 8 bits. The
+resize back to the HR grid starts from the float LR and is quantised after it, as the reference's.
+JPEG is the reference's hard-rounding codec (``vosr.data.jpeg``).
 Every kernel, factor, noise level and quality is drawn per image. Blur is one grouped
 convolution over the batch; noise and JPEG run on the whole batch (or the subset an
 option applies to). After a random resize the images differ in size, so the batch is kept
@@ -17,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from kornia.enhance import jpeg_codec_differentiable
 from torch import Tensor
 
 from vosr.config.degradation import RESIZE_MODES, BlurConfig, DegradationConfig, JpegConfig, NoiseConfig, ResizeConfig
+from vosr.data.jpeg import jpeg_compress
 from vosr.data.kernels import choice, sample_blur_kernels, sample_final_sinc_kernels, uniform
 
 Sizes = list[tuple[int, int]]
@@ -208,13 +210,13 @@ def map_by_size(x: Tensor, sizes: Sizes, active: Tensor, fn: Callable[[Tensor, T
 
 
 def apply_jpeg(x: Tensor, quality: Tensor, active: Tensor) -> Tensor:
-    """Clamp to [0, 1] and JPEG-compress the ``active`` (B,) images at per-image ``quality`` (B,) (kornia codec)."""
-    x = x.clamp(0, 1)
+    """Clamp to [0, 1] and JPEG-compress the ``active`` (B,) images at per-image ``quality`` (B,); the others
+    pass unchanged (unclamped: the resize back to HR size sees them as they are, as in the reference)."""
     idx = torch.nonzero(active).flatten().to(x.device)
     if len(idx) == 0:
         return x
     out = x.clone()
-    out[idx] = jpeg_codec_differentiable(x[idx], quality.to(x)[idx])
+    out[idx] = jpeg_compress(x[idx].clamp(0, 1), quality.to(x)[idx])
     return out
 
 
@@ -280,7 +282,7 @@ class RealESRGANDegradation:
             return x
         quality, compressed = jpeg
         return map_by_size(x.clamp(0, 1), sizes, compressed,
-                           lambda sub, idx: jpeg_codec_differentiable(sub, quality[idx].to(sub)))
+                           lambda sub, idx: jpeg_compress(sub, quality[idx].to(sub)))
 
     def _first_pass(self, x: Tensor, generator: torch.Generator | None,
                     device_gen: torch.Generator | None) -> tuple[Tensor, Sizes]:
@@ -308,7 +310,11 @@ class RealESRGANDegradation:
 
     def _final(self, x: Tensor, sizes: Sizes, lr_size: tuple[int, int], active: Tensor,
                generator: torch.Generator | None) -> Tensor:
-        """In random order per image: {resize to ``lr_size`` + final sinc} and {JPEG (``active`` only)}."""
+        """In random order per image: {resize to ``lr_size`` + final sinc} and {JPEG (``active`` only)}.
+
+        Returns the float LR, not yet quantised: the reference resizes it back to the HR size
+        before clamping and rounding to 8 bits.
+        """
         cfg, b = self.cfg, x.shape[0]
         # Real-ESRGAN picks either order with probability 1/2 (realesrgan_model.py, feed_data).
         jpeg_first = torch.rand(b, generator=generator) < 0.5
@@ -318,7 +324,7 @@ class RealESRGANDegradation:
         sinc = sample_final_sinc_kernels(b, cfg.final_sinc_kernel_sizes, cfg.final_sinc_cutoff,
                                          cfg.final_sinc_prob, generator)
         x = filter2d(resize_each(x, sizes, [lr_size] * b, modes, cfg.antialias), sinc)
-        return quantise(apply_jpeg(x, quality, compressed & ~jpeg_first))
+        return apply_jpeg(x, quality, compressed & ~jpeg_first)
 
     def _upsample(self, lr: Tensor, size: tuple[int, int], train: bool, generator: torch.Generator | None) -> Tensor:
         """Resize LR back to ``size``: a random mode per image in training, bicubic otherwise."""
@@ -342,5 +348,5 @@ class RealESRGANDegradation:
         x, sizes = self._first_pass(hr.float(), generator, device_gen)
         second = torch.rand(b, generator=generator) < self.cfg.second_order_prob
         x, sizes = self._second_pass(x, sizes, lr_size, second, generator, device_gen)
-        lr = self._final(x, sizes, lr_size, second, generator)
-        return DegradedPair(lr=lr, lr_up=self._upsample(lr, (h, w), train, generator))
+        lr = self._final(x, sizes, lr_size, second, generator)  # float, unquantised
+        return DegradedPair(lr=quantise(lr), lr_up=self._upsample(lr, (h, w), train, generator))
