@@ -21,7 +21,7 @@ pytestmark = pytest.mark.dist
 def test_zero_run_and_resume(photo_shards, tmp_path, stage):
     run_dir = tmp_path / f"zero{stage}"
     args = ["--config", TINY, *tiny_overrides(photo_shards[0].parent, run_dir, f"engine.zero_stage={stage}",
-                                              "checkpoint.every_steps=2")]
+                                              "checkpoint.every_steps=2", "checkpoint.export_raw=true")]
     first = torchrun("vosr.train", [*args, "optim.max_steps=2"])
     assert first.returncode == 0, first.stderr[-4000:]
     ema_first = load_file(str(run_dir / "ema.safetensors"))
@@ -34,6 +34,8 @@ def test_zero_run_and_resume(photo_shards, tmp_path, stage):
     key = "blocks.0.attn.qkv.weight"
     assert ema[key].shape == ema_first[key].shape and ema[key].numel() > 0  # gathered, not a ZeRO-3 shard
     assert not torch.equal(ema[key], ema_first[key])
+    raw = load_file(str(run_dir / "model.safetensors"))  # the raw weights, gathered too, and not the EMA
+    assert set(raw) == set(ema) and raw[key].shape == ema[key].shape and not torch.equal(raw[key], ema[key])
     assert sorted(read_metrics(run_dir)) == [1, 2, 3, 4]
 
 

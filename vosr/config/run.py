@@ -259,6 +259,8 @@ class CheckpointConfig:
     """auto = newest complete checkpoint of the run dir, none, or a checkpoint folder."""
     export_ema: bool = True
     """Write ``ema.safetensors`` (consolidated, for inference) with each save."""
+    export_raw: bool = False
+    """Also write ``model.safetensors``, the raw (non-EMA) weights, with each save (to compare the two)."""
     replay_data: bool = False
     """On resume, replay the data stream and skip the batches already used (bit-exact resume, slow for
     long runs) instead of reseeding the stream with the restart count (the default on clusters)."""

@@ -85,18 +85,32 @@ class EMA:
         return self._gather_zero3(module, ema_of)
 
     def _gather_zero3(self, module: nn.Module, ema_of: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        import deepspeed
+        """Full EMA tensors from every rank's ZeRO-3 partitions (collective), plus the module's buffers.
+
+        ZeRO-3 cuts each flattened parameter into equal contiguous partitions, one per rank, the
+        last padded; the EMA shadows have exactly that layout, so one all-gather of the
+        concatenated shadows rebuilds every tensor. (Swapping the shadows into the parameters and
+        gathering those would miss the parameters ZeRO-3 keeps whole on every rank, the small
+        "persistent" ones: their export would be the raw weights, not the EMA.)
+        """
+        import torch.distributed as dist
 
         params = dict(module.named_parameters())
-        backup = {n: _local(params[n]).detach().clone() for n in self.names}
-        for name in self.names:  # put the EMA shards where ZeRO-3 keeps the parameter shards
-            _local(params[name]).copy_(ema_of[name])
-        try:
-            with deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None):
-                out = {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
-        finally:
-            for name in self.names:
-                _local(params[name]).copy_(backup[name])
+        local = torch.cat([ema_of[n].flatten() for n in self.names])  # this rank's partitions, in order
+        pieces = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(pieces, local)
+        out: dict[str, torch.Tensor] = {}
+        offset = 0
+        for name in self.names:
+            n, param = ema_of[name].numel(), params[name]
+            full = torch.cat([piece[offset:offset + n] for piece in pieces])[:param.ds_numel]
+            out[name] = full.view(param.ds_shape).float().cpu().clone()
+            offset += n
+        for key, value in module.state_dict().items():  # buffers (RoPE tables) are not partitioned
+            if key not in out:
+                if key in params:
+                    raise ValueError(f"parameter {key} is not tracked by the EMA (frozen under ZeRO-3?)")
+                out[key] = value.detach().float().cpu().clone()
         return out
 
     def copy_to(self, target: nn.Module, source: nn.Module) -> None:

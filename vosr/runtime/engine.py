@@ -18,7 +18,7 @@ from torch import nn
 from vosr.config import EngineConfig, OptimConfig
 from vosr.runtime import distributed
 from vosr.runtime.distributed import WorldInfo
-from vosr.runtime.ema import EMA
+from vosr.runtime.ema import EMA, is_zero3_partitioned
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,17 @@ class TrainEngine:
         if boundary:
             self.ema.update()
         return boundary
+
+    @torch.no_grad()
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained (non-EMA) weights and buffers as one fp32 CPU state dict; collective under ZeRO-3."""
+        module = self.module
+        if not is_zero3_partitioned(module):
+            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
 
     def grad_norm(self) -> float | None:
         norm = self.ds.get_global_grad_norm()

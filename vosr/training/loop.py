@@ -236,8 +236,11 @@ def _save(run: Run) -> None:
     state = {"train": asdict(run.state), "data": {"restart": run.state.restart, "batches": run.state.data_batches},
              "config": to_dict(run.cfg)}
     run.checkpointer.save(run.engine, run.state.step, state, run.generators)
-    if run.cfg.checkpoint.export_ema:
-        weights = _gather_ema(run)
+    exports = {"ema.safetensors": _gather_ema} if run.cfg.checkpoint.export_ema else {}
+    if run.cfg.checkpoint.export_raw:
+        exports["model.safetensors"] = lambda r: r.engine.full_state_dict()
+    for name, gather in exports.items():
+        weights = gather(run)
         if run.info.is_main:
-            save_export(run.run_dir / "ema.safetensors", weights, run.cfg, extra={"step": str(run.state.step)})
+            save_export(run.run_dir / name, weights, run.cfg, extra={"step": str(run.state.step)})
         distributed.barrier()
