@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-SETUP_HINT = "run scripts/setup.sh (it runs scripts/install_metric_weights.py)"
+SETUP_HINT = "run scripts/setup.sh, which runs scripts/install_metric_weights.py"
 ALEXNET_FILE = "checkpoints/alexnet-owt-7be5be79.pth"
 VGG16_FILE = "checkpoints/vgg16-397923af.pth"
 DISTS_FILE = "pyiqa/DISTS_weights-f5e65c96.pth"
@@ -68,7 +68,7 @@ def installed_file(spec: str) -> Path:
     """The path of a file vosr installs; FileNotFoundError naming it and the set-up step when missing."""
     path = location(spec)
     if not path.is_file():
-        raise FileNotFoundError(f"weights not on disk: {path.name} missing at {path}; {SETUP_HINT}")
+        raise FileNotFoundError(f"weights not on disk: put {path.name} at {path}; {SETUP_HINT}")
     return path
 
 
@@ -78,7 +78,7 @@ def missing_reason(metric: str) -> str | None:
         for spec in INSTALLED_FILES[metric]:
             path = location(spec)
             if not path.is_file():
-                return f"weights not on disk: put {path.name} at {path} ({SETUP_HINT})"
+                return f"weights not on disk: put {path.name} at {path}; {SETUP_HINT}"
         return None
     for alternatives in PYIQA_FILES.get(metric, ()):
         paths = [location(a) for a in alternatives]
