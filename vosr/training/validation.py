@@ -38,8 +38,9 @@ class Validator:
         self.hr, self.parts = hr, parts
         self.noise = torch.randn(self.z_lq.shape, generator=gen).to(device)
         self.out_dir = run_dir / "val"
-        # LPIPS joins when its weights are on disk; otherwise MetricSuite logs why it is absent.
-        self._metrics = metrics.MetricSuite(["psnr", "ssim", "lpips"], device=device, crop_border=cfg.data.scale)
+        # LPIPS and DISTS join when their weights are on disk; otherwise MetricSuite logs why they are absent.
+        self._metrics = metrics.MetricSuite(["psnr", "ssim", "lpips", "dists"], device=device,
+                                            crop_border=cfg.data.scale)
         self._baseline = self._score("lr_bicubic", self.lr_up)  # fixed inputs: scored once per run
         logger.info("validation set: %d images of %dx%d", hr.shape[0], hr.shape[-2], hr.shape[-1])
 
@@ -63,6 +64,6 @@ class Validator:
         return scalars, path, grid
 
     def _score(self, name: str, out: torch.Tensor) -> dict[str, float]:
-        labels = {"psnr": "psnr_y(dB)", "ssim": "ssim_y", "lpips": "lpips"}
+        labels = {"psnr": "psnr_y(dB)", "ssim": "ssim_y", "lpips": "lpips", "dists": "dists"}
         values = self._metrics.compute(out, self.hr)
         return {f"val/{name}/{labels[k]}": float(np.mean(v)) for k, v in values.items()}
