@@ -43,7 +43,8 @@ def parse_bytes(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The pack.py command line."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="python data_tools/pack.py", description=__doc__.replace("``", ""),
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("src", nargs="*", help="image folders (recursive), .txt lists of paths, or images;\n"
                                           "with --verify: shard folders or .tar files (default --out)")
     p.add_argument("--out", help="output folder for shards and manifests")

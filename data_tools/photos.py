@@ -1,8 +1,8 @@
 """The real photographs this project trains and evaluates on when no dataset is given.
 
-* ``wallpapers``: the Debian wallpaper packages ``scripts/setup.sh`` installs (lossy JPEG/PNG,
-  mostly 1920-4000 px): the demo's and ``benchmarks/learn.py``'s training photos.
-* ``heldout``: lossless photographs shipped in the scikit-image and sporco wheels, never in the
+* wallpapers: the Debian wallpaper packages scripts/setup.sh installs (lossy JPEG/PNG,
+  mostly 1920-4000 px): the demo's and benchmarks/learn.py's training photos.
+* heldout: lossless photographs shipped in the scikit-image and sporco wheels, never in the
   wallpapers, used as an evaluation set that was not trained on.
 
     python data_tools/photos.py heldout --out runs/heldout      # writes PNGs
@@ -91,12 +91,19 @@ def write_heldout(out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("which", choices=("heldout", "wallpapers"))
-    p.add_argument("--out", type=Path, help="folder for the held-out PNGs")
+    p = argparse.ArgumentParser(prog="python data_tools/photos.py", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("which", metavar="which", choices=("heldout", "wallpapers"),
+                   help="heldout: write the lossless held-out photos as PNGs into --out;\n"
+                        "wallpapers: print the installed wallpaper folders")
+    p.add_argument("--out", type=Path, help="folder for the held-out PNGs (needed for heldout)")
     args = p.parse_args(argv)
     if args.which == "wallpapers":
-        print("\n".join(str(d) for d in wallpaper_dirs()))
+        try:
+            print("\n".join(str(d) for d in wallpaper_dirs()))
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         return 0
     if args.out is None:
         p.error("heldout needs --out")

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Arguments of the three subcommands."""
     parser = _Parser(prog="python -m vosr.evaluate",
                      description="Score super-resolution outputs, build evaluation sets, compare scored runs.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="{score,make-set,compare}",
+                                help="run python -m vosr.evaluate COMMAND --help for its options")
     s = sub.add_parser("score", help="metrics of a folder of outputs (paired with --gt, or no-reference)",
                        description=SCORE_HELP)
     s.add_argument("--pred", required=True, help="folder of SR outputs")
@@ -91,9 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args)
+        return _run(args)  # the heavy imports (torch, the metrics) come after the arguments are known to be good
     except (FileNotFoundError, ValueError) as e:
-        logger.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 

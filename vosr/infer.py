@@ -14,23 +14,20 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from vosr.images import list_images
-from vosr.inference.colorfix import COLOR_FIXES
-from vosr.inference.files import plan_outputs, upscale_files
-from vosr.inference.pipeline import load_pipeline
-from vosr.runtime.distributed import resolve_device
-
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Names only, so --help needs no torch; tests check they match vosr.inference.colorfix.COLOR_FIXES.
+COLOR_FIXES = ("none", "adain", "wavelet")
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's arguments."""
-    p = argparse.ArgumentParser(prog="python -m vosr.infer", description=__doc__.splitlines()[0])
-    p.add_argument("-c", "--checkpoint", required=True, help="exported .safetensors (or released weights + --config)")
+    p = argparse.ArgumentParser(prog="python -m vosr.infer",
+                                description="Upscale images with an exported VOSR model (any size; tiled beyond "
+                                            "the training size); outputs are PNGs named after the inputs.")
+    p.add_argument("-c", "--checkpoint", required=True, help="exported .safetensors, a run folder (its "
+                   "ema.safetensors), or released weights with --config")
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--config", default=None, help="run YAML; required for checkpoints without embedded config")
@@ -49,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=None, help="tile overlap in output pixels")
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto = cuda when available)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="transformer precision")
+    p.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default="fp32", help="transformer precision")
     p.add_argument("--max-pixels", type=int, default=8_388_608, help="skip inputs with more pixels (width x height)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return p
@@ -60,14 +57,22 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The heavy imports (torch, the models) come after the arguments are known to be good.
+    import torch
+
+    from vosr.images import list_images
+    from vosr.inference.files import plan_outputs, upscale_files
+    from vosr.inference.pipeline import load_pipeline
+    from vosr.runtime.distributed import resolve_device
+
     try:
         inputs = list_images(args.input)
         pairs = plan_outputs(inputs, Path(args.output).expanduser())
         pipe = load_pipeline(args.checkpoint, config=args.config, overrides=args.overrides,
-                             device=resolve_device(args.device), dtype=DTYPES[args.dtype])
+                             device=resolve_device(args.device), dtype=getattr(torch, DTYPE_NAMES[args.dtype]))
         pipe.sample_options(args.steps, args.guidance, args.weak_anchor)  # sampler flags fail before any work
     except (FileNotFoundError, ValueError, KeyError) as e:
-        logger.error("%s", e)
+        print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     if not pairs:
         logger.error("no image files found in %s", args.input)

@@ -1,7 +1,7 @@
 """``python -m vosr.launch STAGE ...``: submit any stage to Slurm through submitit, with requeue.
 
-    python -m vosr.launch teacher --config configs/teacher/x4.yaml optim.lr=2e-4 --nodes 4
-    python -m vosr.launch distill --config configs/distill/x4.yaml --time 1440 --partition gpu
+    python -m vosr.launch teacher --config configs/teacher/vosr_0.5b.yaml optim.lr=2e-4 --nodes 4
+    python -m vosr.launch distill --config configs/distill/vosr_0.5b_onestep.yaml --time 1440 --partition gpu
     python -m vosr.launch pack --cluster slurm --nodes 1 --gpus-per-node 0 -- DIR --out SHARDS
     python -m vosr.launch teacher --config configs/tiny.yaml --cluster local --gpus-per-node 0 --tasks-per-node 2
 
@@ -83,20 +83,23 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         prog="python -m vosr.launch", description="Submit a vosr stage to Slurm (submitit), with requeue.",
         epilog="Other arguments: key=value overrides (teacher/distill) or the stage's own flags (pack/evaluate; "
                "put them after --).")
-    parser.add_argument("stage", choices=sorted(STAGES))
+    parser.add_argument("stage", choices=sorted(STAGES), help="what to run: " + ", ".join(
+        f"{stage} ({module})" for stage, module in sorted(STAGES.items())))
     parser.add_argument("--config", "-c", help="run config YAML (required for teacher/distill)")
-    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--nodes", type=int, default=1, help="Slurm nodes (default: 1)")
     parser.add_argument("--gpus-per-node", type=int, default=None, help="default: 8, 0 for pack")
     parser.add_argument("--tasks-per-node", type=int, default=None, help="default: one per GPU")
-    parser.add_argument("--cpus-per-task", type=int, default=10)
-    parser.add_argument("--partition")
+    parser.add_argument("--cpus-per-task", type=int, default=10, help="CPU cores per rank (default: 10)")
+    parser.add_argument("--partition", help="Slurm partition (default: the cluster's default)")
     parser.add_argument("--time", type=int, default=24 * 60, help="time limit in minutes")
     parser.add_argument("--mem", help="memory per node, Slurm syntax (e.g. 480G, 0 = all)")
-    parser.add_argument("--account")
-    parser.add_argument("--qos")
+    parser.add_argument("--account", help="Slurm account to charge")
+    parser.add_argument("--qos", help="Slurm quality of service")
     parser.add_argument("--signal-delay", type=int, default=180, help="seconds of warning before the time limit")
-    parser.add_argument("--max-requeues", type=int, default=100)
-    parser.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm")
+    parser.add_argument("--max-requeues", type=int, default=100,
+                        help="give up after this many preemptions or time-outs (default: 100)")
+    parser.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
+                        help="slurm: submit; local: run here as subprocesses; debug: run in this process")
     parser.add_argument("--folder", default="runs/submitit", help="submitit's pickles and logs")
     parser.add_argument("--dry-run", action="store_true", help="validate and show the plan; submit nothing")
     parser.add_argument("--wait", action="store_true", help="block until the job ends; exit with its code")
@@ -116,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stage_argv = build_argv(args.stage, args.config, extra)
     except (ValueError, FileNotFoundError) as err:
-        logger.error("not submitted: %s", err)
-        raise SystemExit(f"vosr.launch: invalid {args.stage} setup, nothing submitted: {err}") from err
+        print(f"error: invalid {args.stage} setup, nothing submitted: {err}", file=sys.stderr)
+        return 2
     if args.dry_run:
         logger.info("dry run: would submit %s on %s with %s\n  argv: %s", args.stage, args.cluster, asdict(res),
                     " ".join(stage_argv))

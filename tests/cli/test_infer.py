@@ -65,7 +65,7 @@ def test_seeded_one_step_student_is_deterministic(tmp_path, student):
     assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
 
 
-def test_student_steps_chain_and_refuses_guidance(tmp_path, student, caplog):
+def test_student_steps_chain_and_refuses_guidance(tmp_path, student, capsys):
     """--steps 2 runs the student's two-step chain; --guidance on a student is an error, not silently ignored."""
     src = _save(tmp_path / "a.png", Image.fromarray(photo(2, 24, 24, 80, 120)))
     assert main(["-c", str(student), "-i", str(src), "-o", str(tmp_path / "one"), "--device", "cpu"]) == 0
@@ -73,7 +73,7 @@ def test_student_steps_chain_and_refuses_guidance(tmp_path, student, caplog):
                  "--steps", "2"]) == 0
     assert not np.array_equal(_read(tmp_path / "one" / "a.png"), _read(tmp_path / "two" / "a.png"))
     assert main(["-c", str(student), "-i", str(src), "-o", str(tmp_path / "g"), "--guidance", "0.5"]) == 2
-    assert "distilled student" in caplog.text and not (tmp_path / "g" / "a.png").exists()
+    assert "distilled student" in capsys.readouterr().err and not (tmp_path / "g" / "a.png").exists()
 
 
 def test_options_scale_tile_colorfix(tmp_path, teacher):

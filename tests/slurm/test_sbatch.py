@@ -57,7 +57,7 @@ def test_sbatch_runs_ranks_to_completion(slurm_cluster: SlurmCluster, tmp_path: 
     env, log, run_dir = _standin(tmp_path), tmp_path / "slurm-%j.out", tmp_path / "run"
     job = slurm_cluster.sbatch([*CPU_FLAGS, f"--output={log}", "slurm/distill.sh", "configs/tiny.yaml",
                                 f"run_dir={run_dir}", "steps=2"], env=env)
-    info = slurm_cluster.wait(job, 60, Path(str(log).replace("%j", job)))
+    info = slurm_cluster.wait(job, Path(str(log).replace("%j", job)))
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", info
     for rank in (0, 1):
         assert (run_dir / f"done_rank{rank}").read_text() == "2"
@@ -71,7 +71,7 @@ def test_sbatch_default_run_dir_is_per_job(slurm_cluster: SlurmCluster, tmp_path
     # Submitted from elsewhere: the script still finds slurm/stage.sh through the job record.
     job = slurm_cluster.sbatch([*CPU_FLAGS, f"--output={log}", str(REPO / "slurm" / "train_teacher.sh"),
                                 "configs/tiny.yaml", "steps=2"], env=env, cwd=tmp_path)
-    info = slurm_cluster.wait(job, 60, Path(str(log).replace("%j", job)))
+    info = slurm_cluster.wait(job, Path(str(log).replace("%j", job)))
     assert info["JobState"] == "COMPLETED", info
     assert (tmp_path / "runs" / f"tiny-{job}" / "done_rank0").exists()
 
@@ -82,9 +82,9 @@ def test_sbatch_usr1_saves_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp
     job = slurm_cluster.sbatch([*CPU_FLAGS, f"--output={log}", "slurm/train_teacher.sh", "configs/tiny.yaml",
                                 f"run_dir={run_dir}", "steps=40"], env=env)
     log = Path(str(log).replace("%j", job))
-    slurm_cluster.wait_for(lambda: (run_dir / "ckpt_rank1.txt").exists(), 60, "the first checkpoint")
+    slurm_cluster.wait_for(lambda: (run_dir / "ckpt_rank1.txt").exists(), "the first checkpoint")
     slurm_cluster.signal_batch(job, "USR1")
-    _check_saved_requeued_resumed(slurm_cluster.wait(job, 90, log), log, run_dir, steps=40)
+    _check_saved_requeued_resumed(slurm_cluster.wait(job, log), log, run_dir, steps=40)
 
 
 def _check_saved_requeued_resumed(info: dict[str, str], log: Path, run_dir: Path, steps: int) -> None:
@@ -100,24 +100,24 @@ def _check_saved_requeued_resumed(info: dict[str, str], log: Path, run_dir: Path
 
 
 def test_time_limit_signal_saves_requeues_and_resumes(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
-    """The real thing, no scancel: a 1-minute job whose ``--signal=B:USR1@50`` fires before its time limit.
+    """The real thing, no scancel: a 3-minute job whose ``--signal=B:USR1@170`` fires before its time limit.
 
-    Its 400 steps need 100 s, so only the time-limit signal can end the first run in time; the requeued
-    run goes fast and finishes within its own minute.
+    Its 1000 steps need 250 s, so only the time-limit signal can end the first run in time (Slurm sends
+    it 10-40 s after the start); the requeued run goes fast and has its own 3 minutes to finish.
     """
     env, run_dir = _standin(tmp_path), tmp_path / "run"
     log = tmp_path / "slurm-%j.out"
-    flags = [f for f in CPU_FLAGS if not f.startswith("--time")] + ["--time=1", "--signal=B:USR1@50"]
+    flags = [f for f in CPU_FLAGS if not f.startswith("--time")] + ["--time=3", "--signal=B:USR1@170"]
     job = slurm_cluster.sbatch([*flags, f"--output={log}", "slurm/train_teacher.sh", "configs/tiny.yaml",
-                                f"run_dir={run_dir}", "steps=400", "restart_step_s=0.002"], env=env)
+                                f"run_dir={run_dir}", "steps=1000", "restart_step_s=0.002"], env=env)
     log = Path(str(log).replace("%j", job))
-    _check_saved_requeued_resumed(slurm_cluster.wait(job, 180, log), log, run_dir, steps=400)
+    _check_saved_requeued_resumed(slurm_cluster.wait(job, log), log, run_dir, steps=1000)
 
 
 def test_sbatch_needs_a_config(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     log = tmp_path / "slurm-%j.out"
     job = slurm_cluster.sbatch([*CPU_FLAGS, f"--output={log}", "slurm/train_teacher.sh"], env=_standin(tmp_path))
-    info = slurm_cluster.wait(job, 60, Path(str(log).replace("%j", job)))
+    info = slurm_cluster.wait(job, Path(str(log).replace("%j", job)))
     assert info["JobState"] == "FAILED" and info["ExitCode"] == "2:0", info
     assert "usage: sbatch" in Path(str(log).replace("%j", job)).read_text()
 
@@ -135,7 +135,7 @@ def test_teacher_sbatch_trains_checkpoints_and_exports(slurm_cluster: SlurmClust
     job = slurm_cluster.sbatch([*CPU_FLAGS, f"--output={log}", "slurm/train_teacher.sh",
                                 *tiny_args(photo_shards, run_dir, steps=6, every=3)])
     log = Path(str(log).replace("%j", job))
-    info = slurm_cluster.wait(job, 120, log)
+    info = slurm_cluster.wait(job, log)
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", log.read_text()[-4000:]
     assert not slurm_cluster.in_queue(job)
     for step in (3, 6):
@@ -153,11 +153,11 @@ def test_teacher_sbatch_spans_two_nodes(slurm_cluster: SlurmCluster, photo_shard
     """
     run_dir, log = tmp_path / "run", tmp_path / "slurm-%j.out"
     flags = ["--partition=multinode", "--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0",
-             "--cpus-per-task=1", "--mem=0", "--time=10"]
+             "--cpus-per-task=1", "--mem=0", "--time=120"]
     job = slurm_cluster.sbatch([*flags, f"--output={log}", "slurm/train_teacher.sh",
                                 *tiny_args(photo_shards, run_dir, steps=4, every=2)])
     log = Path(str(log).replace("%j", job))
-    info = slurm_cluster.wait(job, 180, log)
+    info = slurm_cluster.wait(job, log)
     text = log.read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text[-4000:]
     assert (info["NodeList"], info["NumNodes"], info["NumTasks"]) == ("vosr-n[1-2]", "2", "2"), info
@@ -175,9 +175,9 @@ def test_teacher_sbatch_preempted_saves_requeues_and_resumes(slurm_cluster: Slur
                                 *tiny_args(photo_shards, run_dir, steps=steps, every=5, workers=1)])
     log = Path(str(log).replace("%j", job))
     first = run_dir / "checkpoints" / "step_00000005" / "complete.json"
-    slurm_cluster.wait_for(first.is_file, 90, "the first checkpoint")
+    slurm_cluster.wait_for(first.is_file, "the first checkpoint")
     slurm_cluster.signal_batch(job, "USR1")  # what --signal=B:USR1@180 does before the time limit
-    info = slurm_cluster.wait(job, 120, log)
+    info = slurm_cluster.wait(job, log)
     text = log.read_text()
     assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", text[-4000:]
     assert int(info["Restarts"]) == 1, text[-4000:]

@@ -14,6 +14,7 @@ from vosr.config import load_run_config
 from vosr.method.flow import sample_euler
 from vosr.runtime.checkpoint import complete_checkpoints
 from vosr.training import student as student_stage
+from vosr.training.export import load_export
 from vosr.training.setup import build_frozen_parts
 
 TINY_DISTILL = str(REPO / "configs" / "tiny_distill.yaml")
@@ -70,12 +71,13 @@ def test_distill_runs_logs_and_exports_student(teacher_run, photo_shards, tmp_pa
     student = load_file(str(run_dir / "ema.safetensors"))
     teacher = load_file(str(teacher_run / "ema.safetensors"))
     assert any(k.startswith("r_embedder.") for k in student) and not any(k.startswith("r_embedder.") for k in teacher)
+    assert load_export(run_dir / "ema.safetensors")[1].model.with_r  # recorded as a one-step model
     assert not torch.equal(student["blocks.0.attn.qkv.weight"], teacher["blocks.0.attn.qkv.weight"])
 
 
 def test_missing_teacher_fails_naming_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="distill.teacher"):
-        distill.main(["--config", TINY_DISTILL, f"distill.teacher={tmp_path / 'nope.safetensors'}"])
+        distill.main(["--config", TINY_DISTILL, f"distill.teacher={tmp_path / 'nope.safetensors'}", "--debug"])
 
 
 @pytest.mark.dist

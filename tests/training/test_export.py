@@ -89,3 +89,17 @@ def test_mismatched_weights_fail_loudly(tmp_path):
     path = make_export(tmp_path / "m.safetensors")
     with pytest.raises(KeyError, match="weights do not match"):
         load_pipeline(path, overrides=["model.hidden_size=32"])
+
+
+def test_export_records_with_r_from_the_weights(tmp_path, caplog):
+    """A student (r_embedder weights) exported from a run config that says model.with_r=false, as the
+    distillation stage does, loads as a one-step model without a with_r warning."""
+    student = build_model(tiny_config("model.with_r=true")).state_dict()
+    path = save_export(tmp_path / "student" / "ema.safetensors", student, tiny_config())
+    assert json.loads(read_metadata(path)[CONFIG_KEY])["model"]["with_r"] is True
+    with caplog.at_level("WARNING"):
+        pipe = load_pipeline(path.parent)  # a run folder: its ema.safetensors
+    assert pipe.model.cfg.with_r and not [r for r in caplog.records if "with_r" in r.getMessage()]
+    teacher = save_export(tmp_path / "t.safetensors", build_model(tiny_config()).state_dict(),
+                          tiny_config("model.with_r=true"))
+    assert json.loads(read_metadata(teacher)[CONFIG_KEY])["model"]["with_r"] is False

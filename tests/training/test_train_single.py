@@ -47,5 +47,5 @@ def test_bad_config_fails_before_work(tmp_path):
     from vosr.config import ConfigError
 
     with pytest.raises(ConfigError, match="optim.lrr"):
-        train.main(["--config", TINY, "optim.lrr=1"])
+        train.main(["--config", TINY, "optim.lrr=1", "--debug"])
     assert not (tmp_path / "runs").exists()

@@ -35,12 +35,13 @@ def plan_outputs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
 
 
 def upscale_file(pipe: SRPipeline, src: Path, dst: Path, args: argparse.Namespace) -> tuple[int, int]:
-    """Read, upscale and write one image; returns the output (H, W). Raises ImageError for bad inputs."""
+    """Read, upscale and write one image (a progress bar over its tiles and steps); returns the output
+    (H, W). Raises ImageError for bad inputs."""
     image = read_image(src, max_pixels=args.max_pixels)
     tiles = TileOptions(tile=args.tile, overlap=args.overlap, ae_tile=args.tile, ae_overlap=args.overlap,
                         batch=args.batch)
     out = pipe.upscale(to_tensor(image.rgb), steps=args.steps, guidance=args.guidance, weak_anchor=args.weak_anchor,
-                       seed=args.seed, tiles=tiles, color_fix=args.color_fix, scale=args.scale)
+                       seed=args.seed, tiles=tiles, color_fix=args.color_fix, scale=args.scale, progress=src.name)
     rgb = to_uint8(out)
     alpha = None if image.alpha is None else resize_alpha(image.alpha, rgb.shape[:2])
     save_image(dst, rgb, alpha)

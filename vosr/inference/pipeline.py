@@ -20,13 +20,13 @@ from torch import Tensor
 from vosr.config import RunConfig, apply_overrides, from_dict, load_run_config, to_dict
 from vosr.images import resize_bicubic
 from vosr.inference.colorfix import apply_color_fix
-from vosr.inference.tiling import TiledDenoiser, TileGrid, make_grid, tiled_apply
+from vosr.inference.tiling import OnTiles, TiledDenoiser, TileGrid, make_grid, tiled_apply
 from vosr.method.flow import randn, sample_euler, sample_student
 from vosr.models.autoencoder import Autoencoder, build_autoencoder
 from vosr.models.dit import VOSRDiT, build_dit
 from vosr.models.semantic import SemanticEncoder, build_semantic_encoder
 from vosr.models.weights import load_vosr_weights, read_state_dict
-from vosr.training.export import load_export
+from vosr.training.export import export_file, load_export
 
 logger = logging.getLogger(__name__)
 
@@ -116,51 +116,70 @@ class SRPipeline:
     @torch.no_grad()
     def upscale(self, lr01: Tensor, *, steps: int | None = None, guidance: float | None = None,
                 weak_anchor: float | None = None, seed: int = 0, tiles: TileOptions | None = None,
-                color_fix: str = "adain", scale: float | None = None, progress: bool = False) -> Tensor:
+                color_fix: str = "adain", scale: float | None = None, progress: bool | str = False) -> Tensor:
         """Super-resolve ``lr01`` (B, 3, h, w) in [0, 1] -> (B, 3, h*s, w*s) in [0, 1] (float32, CPU).
 
         ``seed`` fixes the noise field (drawn once at full size on the CPU, so results do not
         depend on the device or the tiling); ``scale`` defaults to the model's training scale.
+        ``progress`` (True, or the bar's label) shows one bar over the tiles of every stage and step.
         """
         tiles = tiles or TileOptions()
         opts = self.sample_options(steps, guidance, weak_anchor)
         lr_up = self.prepare(lr01, scale)  # (B, 3, H, W)
         height, width = lr_up.shape[-2:]
         padded = pad_to_multiple(lr_up, self.multiple)
-        z_lq = self.encode(padded, tiles).to(self.dtype)  # (B, C, H/d, W/d)
+        bar = self._progress_bar(padded, tiles, opts.steps, progress)
+        z_lq = self.encode(padded, tiles, bar.update).to(self.dtype)  # (B, C, H/d, W/d)
         grid = self.latent_grid(tuple(z_lq.shape[-2:]), tiles)
-        sem = self.tile_semantics(padded, grid, tiles.batch)  # (B, T, N, D) or None
+        sem = self.tile_semantics(padded, grid, tiles.batch, bar.update)  # (B, T, N, D) or None
         generator = torch.Generator().manual_seed(seed)
         noise = randn(tuple(z_lq.shape), generator, self.device).to(self.dtype)
-        denoiser = TiledDenoiser(self.model, grid, tiles.batch)
+        denoiser = TiledDenoiser(self.model, grid, tiles.batch, on_tiles=bar.update)
         if opts.student:
-            z_hq = sample_student(denoiser, z_lq, sem, noise, steps=opts.steps, progress=progress)
+            z_hq = sample_student(denoiser, z_lq, sem, noise, steps=opts.steps)
         else:
             z_hq = sample_euler(denoiser, z_lq, sem, noise, steps=opts.steps, guidance=opts.guidance,
-                                weak_anchor=opts.weak_anchor, progress=progress)
-        out = self.decode(z_hq.float(), tiles)[..., :height, :width].clamp(0, 1)
+                                weak_anchor=opts.weak_anchor)
+        out = self.decode(z_hq.float(), tiles, bar.update)[..., :height, :width].clamp(0, 1)
+        bar.close()
         return apply_color_fix(out, lr_up, color_fix).float().cpu()
+
+    def _progress_bar(self, padded: Tensor, tiles: TileOptions, steps: int, progress: bool | str):
+        """A tqdm bar over every tile pass of one upscale: encode, semantic tokens, each step, decode."""
+        from tqdm.auto import tqdm
+
+        d = self.autoencoder.downsample
+        latent_hw = (padded.shape[-2] // d, padded.shape[-1] // d)
+        ae_grid, grid = self._ae_grid(latent_hw, tiles), self.latent_grid(latent_hw, tiles)
+        total = 2 * (len(ae_grid) if ae_grid else 1) + len(grid) * (steps + (self.semantic is not None))
+        return tqdm(total=total, desc=progress if isinstance(progress, str) else "upscale", unit="tile",
+                    disable=not progress, leave=False)
 
     # -- stages -------------------------------------------------------------------------
 
-    def encode(self, img01: Tensor, tiles: TileOptions) -> Tensor:
+    def encode(self, img01: Tensor, tiles: TileOptions, on_tiles: OnTiles | None = None) -> Tensor:
         """(B, 3, H, W) -> latent (B, C, H/d, W/d), tiled over ``ae_tile`` pixels."""
         d = self.autoencoder.downsample
         tile, overlap = self._ae_tile(tiles)
         if not tile or max(img01.shape[-2:]) <= tile * d:
-            return self.autoencoder.encode(img01).float()
+            z = self.autoencoder.encode(img01).float()
+            if on_tiles is not None:
+                on_tiles(1)
+            return z
         grid = make_grid(img01.shape[-2], img01.shape[-1], tile * d, overlap * d, align=d)
         return tiled_apply(lambda x, _: self.autoencoder.encode(x).float(), img01, grid,
-                           scale=1 / d, batch=tiles.batch)
+                           scale=1 / d, batch=tiles.batch, on_tiles=on_tiles)
 
-    def decode(self, latent: Tensor, tiles: TileOptions) -> Tensor:
+    def decode(self, latent: Tensor, tiles: TileOptions, on_tiles: OnTiles | None = None) -> Tensor:
         """latent (B, C, h, w) -> image (B, 3, h*d, w*d), tiled over ``ae_tile`` pixels."""
-        d = self.autoencoder.downsample
-        tile, overlap = self._ae_tile(tiles)
-        if not tile or max(latent.shape[-2:]) <= tile:
-            return self.autoencoder.decode(latent).float()
-        grid = make_grid(latent.shape[-2], latent.shape[-1], tile, overlap)
-        return tiled_apply(lambda z, _: self.autoencoder.decode(z).float(), latent, grid, scale=d, batch=tiles.batch)
+        grid = self._ae_grid(tuple(latent.shape[-2:]), tiles)
+        if grid is None:
+            image = self.autoencoder.decode(latent).float()
+            if on_tiles is not None:
+                on_tiles(1)
+            return image
+        return tiled_apply(lambda z, _: self.autoencoder.decode(z).float(), latent, grid,
+                           scale=self.autoencoder.downsample, batch=tiles.batch, on_tiles=on_tiles)
 
     def latent_grid(self, size: tuple[int, int], tiles: TileOptions) -> TileGrid:
         """Transformer tiles on the latent plane, aligned to the patch size."""
@@ -172,7 +191,8 @@ class SRPipeline:
         overlap_px = tile_px // 4 if tiles.overlap is None else tiles.overlap
         return make_grid(size[0], size[1], tile, min(overlap_px // d, tile - p), align=p)
 
-    def tile_semantics(self, padded: Tensor, grid: TileGrid, batch: int) -> Tensor | None:
+    def tile_semantics(self, padded: Tensor, grid: TileGrid, batch: int,
+                       on_tiles: OnTiles | None = None) -> Tensor | None:
         """Semantic tokens of each tile's upsampled-LR pixels: (B, T, N, D), or None without an encoder."""
         if self.semantic is None:
             return None
@@ -183,7 +203,16 @@ class SRPipeline:
             crops = torch.cat([padded[:, :, y0 * d:y1 * d, x0 * d:x1 * d] for (y0, y1, x0, x1) in boxes])
             tokens = self.semantic(crops.to(self.dtype))  # (k*B, N, D)
             per_tile.append(tokens.unflatten(0, (len(boxes), padded.shape[0])))  # (k, B, N, D)
+            if on_tiles is not None:
+                on_tiles(len(boxes))
         return torch.cat(per_tile).transpose(0, 1).to(self.dtype)  # (B, T, N, D)
+
+    def _ae_grid(self, latent_hw: tuple[int, int], tiles: TileOptions) -> TileGrid | None:
+        """Encoder/decoder tiles on the latent plane; None when one pass covers it."""
+        tile, overlap = self._ae_tile(tiles)
+        if not tile or max(latent_hw) <= tile:
+            return None
+        return make_grid(latent_hw[0], latent_hw[1], tile, overlap)
 
     def _ae_tile(self, tiles: TileOptions) -> tuple[int, int]:
         """Autoencoder tile and overlap in latent pixels (0 tile = no tiling)."""
@@ -224,8 +253,11 @@ def resolve_config(embedded: RunConfig | None, config: str | None, overrides: tu
 
 
 def read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Tensor], RunConfig | None]:
-    """State dict and embedded config of an export (``.safetensors``) or any state-dict file."""
+    """State dict and embedded config of an export (``.safetensors``, or a run folder holding its
+    ``ema.safetensors``) or of any state-dict file."""
     path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        path = export_file(path)
     if path.suffix == ".safetensors":
         return load_export(path)
     if not path.is_file():

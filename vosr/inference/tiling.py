@@ -18,6 +18,8 @@ from torch import Tensor
 
 Box = tuple[int, int, int, int]
 """(y0, y1, x0, x1), half-open, in the input tensor's pixels."""
+OnTiles = Callable[[int], object]
+"""Called with the number of tiles just processed (e.g. a progress bar's ``update``)."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +87,13 @@ def tile_weight(box: Box, height: int, width: int, ramp: int) -> Tensor:
 
 
 def tiled_apply(fn: Callable[[Tensor, list[int]], Tensor], x: Tensor, grid: TileGrid, *,
-                scale: float = 1.0, batch: int = 4) -> Tensor:
+                scale: float = 1.0, batch: int = 4, on_tiles: OnTiles | None = None) -> Tensor:
     """Run ``fn`` on overlapping tiles of ``x`` and blend the results.
 
     x: (B, C, H, W) with (H, W) = the grid's plane. ``fn(tiles, idx)`` receives the tiles
     ``idx`` stacked tile-major as (len(idx) * B, C, h, w) and returns (len(idx) * B, C', h * scale,
     w * scale) (``scale`` = 1/8 for an encoder, 8 for a decoder). Returns (B, C', H * scale,
-    W * scale) in the output's dtype; blending runs in float32.
+    W * scale) in the output's dtype; blending runs in float32. ``on_tiles(k)`` follows each batch.
     """
     if batch < 1:
         raise ValueError(f"tile batch {batch} must be >= 1; change --batch")
@@ -116,6 +118,8 @@ def tiled_apply(fn: Callable[[Tensor, list[int]], Tensor], x: Tensor, grid: Tile
             acc[:, :, y0:y1, x0:x1] += piece * w
             weight_sum[y0:y1, x0:x1] += w
         del out, tiles
+        if on_tiles is not None:
+            on_tiles(len(idx))
     assert acc is not None  # the grid has at least one box
     return (acc / weight_sum).to(x.dtype if x.is_floating_point() else torch.float32)
 
@@ -134,13 +138,15 @@ class TiledDenoiser:
     Called like the model: ``(x (B, 2C, H, W), t (B,), sem (B, T, N, D) | None, r (B,) | None)``
     where ``sem[:, j]`` are the semantic tokens of tile ``j`` of ``grid``. Because every
     sampler step blends the tiles' velocities, all tiles follow one shared trajectory from one
-    full-size noise field, which keeps seams out.
+    full-size noise field, which keeps seams out. ``on_tiles`` is told of every batch of tiles done.
     """
 
-    def __init__(self, model: Callable[..., Tensor], grid: TileGrid, batch: int = 4) -> None:
+    def __init__(self, model: Callable[..., Tensor], grid: TileGrid, batch: int = 4,
+                 on_tiles: OnTiles | None = None) -> None:
         self.model = model
         self.grid = grid
         self.batch = batch
+        self.on_tiles = on_tiles
 
     def __call__(self, x: Tensor, t: Tensor, sem: Tensor | None, r: Tensor | None = None) -> Tensor:
         if sem is not None and sem.shape[1] != len(self.grid):
@@ -152,4 +158,4 @@ class TiledDenoiser:
             tile_r = None if r is None else r.repeat(k)
             return self.model(tiles, t.repeat(k), tile_sem, tile_r)
 
-        return tiled_apply(run, x, self.grid, scale=1.0, batch=self.batch)
+        return tiled_apply(run, x, self.grid, scale=1.0, batch=self.batch, on_tiles=self.on_tiles)

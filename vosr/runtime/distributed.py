@@ -109,6 +109,10 @@ def init_distributed(info: WorldInfo, backend: str = "auto", timeout_min: int = 
         os.environ[key] = str(value)
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR") != "cpu" else "gloo"
+    if backend == "gloo":
+        # DeepSpeed would JIT-compile its CPU shared-memory op here (1-2 min, silent, again whenever its
+        # cache is cleared); it only serves inference_all_reduce, which training never calls.
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_min))
     logger.info("rank %d/%d (local %d) via %s, master %s:%d, backend %s", info.rank, info.world_size,
                 info.local_rank, info.source, info.master_addr, info.master_port, backend)

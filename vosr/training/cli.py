@@ -1,30 +1,57 @@
 """The command line of the training stages: ``--config PATH [key=value ...]``, loaded, validated
-and checked for every file it names before any heavy work starts."""
+and checked for every file it names before any heavy work starts (nothing here imports torch).
+
+A bad config is a user error: one line ``error: <message>`` and exit status 2, with the
+traceback only under ``--debug``.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from vosr.config import RunConfig, load_run_config
 from vosr.data.mix import resolve_sources
+from vosr.training.export import export_file
+
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
+"""What bad input raises (``ConfigError`` is a ``ValueError``); anything else is a bug and keeps its traceback."""
+OTHER_STAGE = {"teacher": "vosr.distill", "distill": "vosr.train"}
 
 
-def parse_cli(argv: list[str] | None, description: str) -> tuple[str, list[str]]:
-    """``--config PATH [key=value ...]``."""
-    parser = argparse.ArgumentParser(description=description,
-                                     epilog="Overrides are dotted keys, e.g. optim.lr=2e-4 data.batch_size=8")
+def parse_cli(argv: list[str] | None, prog: str, description: str) -> argparse.Namespace:
+    """``--config PATH [key=value ...] [--debug]``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     epilog="Overrides are dotted keys, e.g. optim.lr=2e-4 data.batch_size=8; "
+                                            "every key and its default: vosr/config/run.py")
     parser.add_argument("--config", "-c", required=True, help="run config YAML (see configs/)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    args = parser.parse_args(argv)
-    return args.config, args.overrides
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a config error")
+    return parser.parse_args(argv)
 
 
-def load_cli_config(argv: list[str] | None, description: str) -> RunConfig:
-    """Parse the CLI and load a validated ``RunConfig`` (fails before any heavy work)."""
-    path, overrides = parse_cli(argv, description)
-    cfg = load_run_config(path, overrides)
+@contextlib.contextmanager
+def user_errors(debug: bool = False) -> Iterator[None]:
+    """Turn bad input into ``error: <message>`` on stderr and exit status 2 (re-raise under ``debug``)."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def load_cli_config(args: argparse.Namespace, stage: str) -> RunConfig:
+    """A validated ``RunConfig`` of ``stage`` with every file it names present; raises naming the key."""
+    cfg = load_run_config(args.config, args.overrides)
+    if cfg.stage != stage:
+        raise ValueError(f"config has stage={cfg.stage}; use python -m {OTHER_STAGE[stage]}, or set stage={stage}")
     if cfg.name is None:
-        cfg.name = Path(path).stem
+        cfg.name = Path(args.config).stem
     check_paths(cfg)
     return cfg
 
@@ -35,15 +62,15 @@ def check_paths(cfg: RunConfig) -> None:
               ("model.init_from", cfg.model.init_from)]
     if cfg.semantic.kind != "none" and not cfg.semantic.random_init:
         wanted.append(("semantic.path", cfg.semantic.path))
-    if cfg.stage == "distill":
-        wanted.append(("distill.teacher", cfg.distill.teacher))
     for key, value in wanted:
         if value is not None and not Path(value).expanduser().exists():
             raise FileNotFoundError(f"{key}={value} does not exist; set {key} to a local file")
-    if cfg.stage == "distill" and cfg.distill.lpips_weight > 0:
-        from vosr.evaluation.metrics import lpips_unavailable_reason
+    if cfg.stage == "distill":
+        export_file(cfg.distill.teacher, "distill.teacher")
+        if cfg.distill.lpips_weight > 0:
+            from vosr.evaluation.metrics import lpips_unavailable_reason
 
-        if (reason := lpips_unavailable_reason()) is not None:
-            raise FileNotFoundError(f"distill.lpips_weight={cfg.distill.lpips_weight} needs LPIPS: {reason}; "
-                                    "or set distill.lpips_weight=0")
+            if (reason := lpips_unavailable_reason()) is not None:
+                raise FileNotFoundError(f"distill.lpips_weight={cfg.distill.lpips_weight} needs LPIPS: {reason}; "
+                                        "or set distill.lpips_weight=0")
     resolve_sources(cfg.data)  # raises FileNotFoundError naming data.train / data.mix_file

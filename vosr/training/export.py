@@ -11,16 +11,33 @@ import json
 import logging
 import os
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from vosr.config import RunConfig, from_dict, to_dict
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so the CLIs can check paths quickly
+    import torch
 
 logger = logging.getLogger(__name__)
 
 CONFIG_KEY = "vosr_config"
 FORMAT_KEY = "vosr_format"
 FORMAT_VERSION = "1"
+EXPORT_NAME = "ema.safetensors"
+"""The export a training run writes into its run folder."""
+R_EMBEDDER_PREFIX = "r_embedder."
+"""Weights of the ``r`` time input: present exactly in one-step (student) models."""
+
+
+def export_file(source: str | Path, key: str = "-c/--checkpoint") -> Path:
+    """An export named directly, or a run folder holding one (``ema.safetensors``); raises naming ``key``."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / EXPORT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={source}: no exported weights at {path} "
+                                f"(give a run's {EXPORT_NAME} or its run folder)")
+    return path
 
 
 def save_export(path: str | Path, state_dict: dict[str, torch.Tensor], config: RunConfig,
@@ -29,8 +46,10 @@ def save_export(path: str | Path, state_dict: dict[str, torch.Tensor], config: R
 
     Tensors are made contiguous and moved to the CPU; a tensor sharing storage with an earlier
     one is cloned (safetensors refuses aliases); others are written without a copy. ``extra``
-    values must be strings; they may not use the reserved keys.
+    values must be strings; they may not use the reserved keys. The recorded ``model.with_r``
+    follows the weights (a student has ``r_embedder`` weights), whatever the run config said.
     """
+    import torch
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -52,7 +71,9 @@ def save_export(path: str | Path, state_dict: dict[str, torch.Tensor], config: R
         tensors[k] = t
     if not tensors:
         raise ValueError("save_export: the state dict holds no tensors")
-    metadata = {CONFIG_KEY: json.dumps(to_dict(config)), FORMAT_KEY: FORMAT_VERSION, **extra}
+    recorded = to_dict(config)
+    recorded["model"]["with_r"] = any(k.startswith(R_EMBEDDER_PREFIX) for k in tensors)
+    metadata = {CONFIG_KEY: json.dumps(recorded), FORMAT_KEY: FORMAT_VERSION, **extra}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -20,23 +20,17 @@ from vosr.evaluation.metrics import load_lpips
 from vosr.method.distill import distill_loss
 from vosr.method.flow import one_step, randn, sample_euler, sample_one_step
 from vosr.models.weights import load_vosr_weights
-from vosr.training.export import load_export
+from vosr.training.export import R_EMBEDDER_PREFIX, export_file, load_export
 from vosr.training.setup import FrozenParts, Objective, build_model, model_flops
 
 logger = logging.getLogger(__name__)
 
-STUDENT_ONLY_KEYS = ("r_embedder.",)
+STUDENT_ONLY_KEYS = (R_EMBEDDER_PREFIX,)
 
 
 def teacher_weights_path(source: str) -> Path:
     """``distill.teacher`` may name the export itself or the teacher's run folder."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        path = path / "ema.safetensors"
-    if not path.is_file():
-        raise FileNotFoundError(f"distill.teacher={source}: no teacher weights at {path} "
-                                "(give the teacher run's ema.safetensors or its run folder)")
-    return path
+    return export_file(source, "distill.teacher")
 
 
 def build_teacher_and_student(cfg: RunConfig, parts: FrozenParts,

@@ -1,26 +1,61 @@
-"""Periodic validation on a fixed degraded set: PSNR/SSIM (Y), LPIPS when its weights exist, and a grid."""
+"""Periodic validation on a fixed degraded set: PSNR/SSIM (Y), LPIPS when its weights exist, and a grid.
+
+The set is the first ``data.val_size`` centre crops of ``data.val`` that have content (flat crops,
+blank or sky, are skipped). The grid shows, per crop, LR (nearest) | bicubic | each sampler | HR
+under column labels, small crops enlarged with nearest neighbour to a readable size.
+"""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vosr.config import RunConfig
-from vosr.data.stream import build_val_batches
+from vosr.config import DataConfig, RunConfig
+from vosr.data.stream import build_val_stream
 from vosr.evaluation import metrics
-from vosr.images import make_grid
+from vosr.images import FLAT_DETAIL, detail_level, make_grid, pick_with_content
 
 logger = logging.getLogger(__name__)
+
+VAL_CANDIDATES = 8
+"""Look at up to this many times ``data.val_size`` crops to find ones with content."""
+GRID_PANEL = 192
+"""Smallest panel side of the grid in pixels (crops are enlarged by an integer factor up to it)."""
+
+
+def pick_val_images(data: DataConfig) -> torch.Tensor:
+    """(N, 3, S, S) the first ``data.val_size`` validation crops with content, flat ones skipped
+    (flat ones fill in only when too few have content); N = 0 when ``data.val`` has none."""
+    stream = build_val_stream(dataclasses.replace(data, num_workers=0), rank=0, world_size=1)
+    seen: list[torch.Tensor] = []
+    with_content = 0
+    for batch in stream:
+        seen.append(batch["hr"])
+        with_content += int((detail_level(batch["hr"], data.scale) >= FLAT_DETAIL).sum())
+        if with_content >= data.val_size or sum(len(b) for b in seen) >= VAL_CANDIDATES * data.val_size:
+            break
+    if not seen:
+        return torch.empty(0)
+    hr = torch.cat(seen)[: VAL_CANDIDATES * data.val_size]
+    picked = pick_with_content(hr, data.val_size, data.scale)
+    flat = int((detail_level(hr[picked], data.scale) < FLAT_DETAIL).sum())
+    if len(picked) < data.val_size or flat:
+        logger.warning("data.val gave %d of data.val_size=%d crops, %d of them flat (of %d looked at)",
+                       len(picked), data.val_size, flat, hr.shape[0])
+    return hr[picked]
 
 
 class Validator:
     """Holds a fixed validation set (HR, its degraded LR, latents, noise) and scores samplers on it."""
 
     hr: torch.Tensor
+    lr: torch.Tensor
     lr_up: torch.Tensor
     z_lq: torch.Tensor
     sem: torch.Tensor | None
@@ -28,14 +63,16 @@ class Validator:
     out_dir: Path
 
     def __init__(self, cfg: RunConfig, parts, device: torch.device, run_dir: Path) -> None:
-        batches = build_val_batches(cfg.data)
-        if not batches:
+        hr = pick_val_images(cfg.data).to(device)
+        if not hr.shape[0]:
             raise ValueError(f"data.val={cfg.data.val} gave no validation images; fix data.val or set log.val_every=0")
-        hr = torch.cat([b["hr"] for b in batches])[: cfg.data.val_size].to(device)
         # Fixed across the run and restarts; on the CPU, as the degradation requires (noise moved after).
-        gen = torch.Generator().manual_seed(cfg.seed + 12345)
+        seed = cfg.seed + 12345
+        gen = torch.Generator().manual_seed(seed)
         _, self.z_lq, self.sem, self.lr_up = parts.encode_pair(hr, gen, train=False)
-        self.hr, self.parts = hr, parts
+        # The same degradation again, for the LR itself (shown in the grid).
+        self.lr = parts.degradation(hr, torch.Generator().manual_seed(seed), train=False).lr
+        self.hr, self.parts, self.name = hr, parts, cfg.name
         self.noise = torch.randn(self.z_lq.shape, generator=gen).to(device)
         self.out_dir = run_dir / "val"
         # LPIPS and DISTS join when their weights are on disk; otherwise MetricSuite logs why they are absent.
@@ -56,8 +93,11 @@ class Validator:
             outputs[name] = out
             scalars.update(self._score(name, out))
         scalars.update(self._baseline)
-        rows = [[self.lr_up[i], *[o[i] for o in outputs.values()], self.hr[i]] for i in range(self.hr.shape[0])]
-        grid = make_grid(rows)
+        lr_near = F.interpolate(self.lr, size=self.hr.shape[-2:], mode="nearest")
+        columns = {"LR (nearest)": lr_near, "bicubic": self.lr_up, **outputs, "HR": self.hr}
+        rows = [[column[i] for column in columns.values()] for i in range(self.hr.shape[0])]
+        title = f"validation at step {step}" + (f" ({self.name})" if self.name else "")
+        grid = make_grid(rows, labels=list(columns), title=title, min_panel=GRID_PANEL)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"step_{step:08d}.png"
         Image.fromarray(grid).save(path)
