@@ -19,7 +19,7 @@ from PIL import Image
 
 from vosr.config import DataConfig, DataSource, DegradationConfig, load
 from vosr.data.degrade import RealESRGANDegradation
-from vosr.data.stream import build_train_stream
+from vosr.data.stream import build_train_stream, to_unit
 from vosr.images import make_grid
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,9 +29,9 @@ def preview_pairs(shards: str, degradation: DegradationConfig, *, count: int = 6
                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(hr, lr, lr_up) for ``count`` training crops of ``shards`` degraded at ``seed``."""
     data = DataConfig(train=[DataSource(shards=shards)], crop_size=crop, scale=degradation.scale,
-                      batch_size=count, num_workers=0, shuffle_buffer=4 * count)
+                      batch_size=count, num_workers=0, shuffle_buffer_mb=4 * count * 3 * crop**2 / 2**20)
     stream = build_train_stream(data, rank=0, world_size=1, seed=seed)
-    hr = next(iter(stream))["hr"]
+    hr = to_unit(next(iter(stream))["hr"])
     pair = RealESRGANDegradation(degradation)(hr, torch.Generator().manual_seed(seed))
     return hr, pair.lr, pair.lr_up
 
