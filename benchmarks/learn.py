@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                          "--max-samples", "128", "--workers", str(max(1, min(8, os.cpu_count() or 1))),
                          "--no-progress"], log)
     common = [f"data.train=[{{shards: '{out / 'shards'}'}}]", f"data.crop_size={args.crop}",
-              f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", "data.shuffle_buffer=256",
+              f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", "data.shuffle_buffer_mb=64",
               f"model.hidden_size={args.width}", f"model.depth={args.depth}", f"model.num_heads={args.heads}",
               "semantic.kind=none", f"autoencoder.pixel_unshuffle={args.unshuffle}",
               "log.every_steps=50", "log.progress=false", "log.val_every=0",

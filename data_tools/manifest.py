@@ -61,8 +61,8 @@ def _cross_part_duplicates(out_dir: Path, parts: list[dict]) -> list[dict]:
     for part in parts:
         for shard in part["shards"]:
             rec = json.loads((out_dir / STATE_DIR / (shard["name"][:-4] + ".json")).read_text())
-            for pixel_hash, path in rec["hashes"].items():
-                seen.setdefault(pixel_hash, []).append(path)
+            for source_hash, path in rec["hashes"].items():
+                seen.setdefault(source_hash, []).append(path)
     dups = []
     for paths in seen.values():
         first = min(paths)

@@ -1,10 +1,11 @@
 """Pack image folders or file lists into WebDataset tar shards: ``prefix-000000.tar`` + manifest.json + sizes.json.
 
-Each sample is ``KEY.{jpg,png,webp}`` (the image) and ``KEY.json`` (source path, width, height, sha256 of the image
-bytes, crop box when cropped, source mode when converted). Inputs are sorted, so shard contents are a pure function
+Each sample is ``KEY.{jpg,png,webp}`` (the image) and ``KEY.json`` (source path, width, height, mode, sha256 of
+the stored bytes, encoding, box when tiled or cropped). Inputs are sorted, so shard contents are a pure function
 of the inputs and options: a re-run skips finished shards and rewrites nothing (``.tmp`` + ``os.replace``).
 
     python data_tools/pack.py /data/DIV2K /data/lists/flickr.txt --out /shards/hq --workers 16 --min-size 512
+    python data_tools/pack.py /data/DIV2K --out /shards/tiles --tile 768          # ~768-px tiles, lossless
     python data_tools/pack.py SRC --out DIR --num-parts 8 --part 3   # one part of a Slurm job array
     python data_tools/pack.py --merge-manifests --out DIR             # after all parts: manifest.json + sizes.json
     python data_tools/pack.py --verify --out DIR                      # decode every sample; exit 1 if any is bad
@@ -24,9 +25,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_tools.manifest import merge_manifests, part_manifest_name, summarize, write_manifest
-from data_tools.samples import FORMATS, ImageOptions, InputResult, list_inputs, process_input
+from data_tools.samples import DEDUP, FORMATS, ImageOptions, InputResult, list_inputs, process_input
 from data_tools.shards import ShardWriter
 from data_tools.verify import find_shards, verify_shards
+from vosr.images import jpeg_codec
 
 BYTE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -53,11 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=parse_bytes, default="1G", help="shard size at most, e.g. 500M (default: 1G)")
     p.add_argument("--min-size", type=int, default=0, help="skip images whose short side is below this (px)")
     p.add_argument("--max-pixels", type=int, default=1 << 28, help="skip images with more pixels (default: 2^28)")
-    p.add_argument("--crop-size", type=int, default=0, help="cut images with a side > this into crops (0 = off)")
+    p.add_argument("--tile", type=int, default=0,
+                   help="store tiles of about this side instead of whole images (0 = off; e.g. 768):\n"
+                        "sides split into round(side / tile) abutting parts (no gaps, no overlap); JPEGs cut\n"
+                        "losslessly on the MCU grid (libjpeg-turbo), else re-encoded at --quality; PNG/WebP\n"
+                        "re-encoded losslessly")
+    p.add_argument("--crop-size", type=int, default=0, help="cut images with a side > this into fixed crops, "
+                                                            "re-encoded in --format (0 = off)")
     p.add_argument("--crop-stride", type=int, default=None, help="step between crops (default: 3/4 crop size)")
     p.add_argument("--format", choices=FORMATS, default="keep",
-                   help="keep: original bytes when plain 8-bit RGB jpg/png/webp and not cropped, else PNG;\n"
-                        "png | jpg (q=--quality, 4:4:4) | webp (q=--quality or --webp-lossless)")
+                   help="keep: original bytes of jpg/png/webp in any mode (the stream converts at crop time),\n"
+                        "other formats as PNG; png | jpg (q=--quality, 4:4:4) | webp (q=--quality or\n"
+                        "--webp-lossless): converted to 8-bit RGB")
+    p.add_argument("--dedup", choices=DEDUP, default="bytes",
+                   help="drop repeated inputs by sha256 of the file bytes (default), of the decoded pixels\n"
+                        "(decodes every image), or not at all")
+    p.add_argument("--flat-threshold", type=float, default=1.0,
+                   help="skip images whose luma std (0-255, on a ~64-px copy) is below this, reason 'flat'\n"
+                        "(default: 1.0; 0 = off)")
     p.add_argument("--quality", type=int, default=95, help="JPEG / WebP quality (default: 95)")
     p.add_argument("--webp-lossless", action="store_true", help="lossless WebP")
     p.add_argument("--png-level", type=int, default=3, help="PNG zlib level 0-9 (default: 3; 6 is ~3x slower, "
@@ -93,13 +108,18 @@ def image_options(args: argparse.Namespace) -> ImageOptions:
     stride = args.crop_stride if args.crop_stride is not None else args.crop_size * 3 // 4  # BasicSR-like overlap
     if args.crop_size < 0 or (args.crop_size and not 1 <= stride <= args.crop_size):
         raise ValueError(f"--crop-stride {stride} must be in [1, --crop-size {args.crop_size}]; change --crop-stride")
+    if args.tile < 0 or (args.tile and args.crop_size):
+        raise ValueError(f"--tile {args.tile} must be >= 0 and not combined with --crop-size; use one of them")
+    if args.flat_threshold < 0:
+        raise ValueError(f"--flat-threshold {args.flat_threshold} must be >= 0 (0 = off)")
     if args.max_samples < 1 or args.max_bytes < 1:
         raise ValueError("--max-samples and --max-bytes must be positive; change them")
     if not 1 <= args.quality <= 100 or not 0 <= args.png_level <= 9:
         raise ValueError(f"--quality {args.quality} / --png-level {args.png_level} not in 1..100 / 0..9; change it")
     return ImageOptions(min_size=args.min_size, max_pixels=args.max_pixels, crop_size=args.crop_size,
-                        crop_stride=stride, fmt=args.format, quality=args.quality, webp_lossless=args.webp_lossless,
-                        png_level=args.png_level)
+                        crop_stride=stride, tile=args.tile, fmt=args.format, quality=args.quality,
+                        webp_lossless=args.webp_lossless, png_level=args.png_level, dedup=args.dedup,
+                        flat_threshold=args.flat_threshold)
 
 
 def run_fingerprint(inputs: list[str], header: dict) -> str:
@@ -131,14 +151,14 @@ def consume(writer: ShardWriter, res: InputResult, pos: int, first: int, seen: d
     if res.skip is not None:
         writer.record.skipped.append({"path": res.path, "reason": res.skip})
         return
-    if seen.get(res.pixel_hash, res.path) != res.path:
-        writer.record.duplicates.append({"path": res.path, "duplicate_of": seen[res.pixel_hash]})
+    if seen.get(res.source_hash, res.path) != res.path:
+        writer.record.duplicates.append({"path": res.path, "duplicate_of": seen[res.source_hash]})
         return
     for j, sample in enumerate(res.samples[first:], start=first):
         writer.add(sample, (pos, j))
-    if res.pixel_hash not in seen:  # after add: the source is noted in the shard its first sample lands in
-        seen[res.pixel_hash] = res.path
-        writer.note_source(res.pixel_hash, res.path, res.size)
+    if res.source_hash not in seen:  # after add: the source is noted in the shard its first sample lands in
+        seen[res.source_hash] = res.path
+        writer.note_source(res.source_hash, res.path, res.size)
 
 
 def pack_part(args: argparse.Namespace, inputs: list[str], num_parts: int, part: int) -> dict:
@@ -183,13 +203,14 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: pack (one part), --merge-manifests, or --verify."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.verify:
         if run_verify(args):
             raise SystemExit(1)
         return
     if not args.out:
-        raise ValueError("--out is required: the folder that receives the shards")
+        parser.error("--out is required: the folder that receives the shards")  # usage line, exit 2
     if args.merge_manifests:
         m = merge_manifests(Path(args.out))
         print(f"merged {m['num_parts']} parts: {m['samples']} samples in {len(m['shards'])} shards")
@@ -197,6 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.src:
         raise ValueError("no SRC given: pass image folders or .txt file lists")
     num_parts, part = resolve_part(args)
+    if args.tile and args.format == "keep" and jpeg_codec() is None:
+        print(f"note: no lossless JPEG cropper (PyTurboJPEG + libturbojpeg0, see scripts/setup.sh): JPEG tiles are "
+              f"re-encoded at --quality {args.quality}")
     inputs = list_inputs(args.src)
     m = pack_part(args, inputs, num_parts, part)
     print(f"part {part}/{num_parts}: {m['inputs']} inputs -> {m['samples']} samples in {len(m['shards'])} shards "

@@ -25,13 +25,14 @@ def preview_pairs(shards: str, degradation, *, count: int = 6, crop: int = 256, 
 
     from vosr.config import DataConfig, DataSource
     from vosr.data.degrade import RealESRGANDegradation
-    from vosr.data.stream import build_train_stream
+    from vosr.data.stream import build_train_stream, to_unit
     from vosr.images import pick_with_content
 
     data = DataConfig(train=[DataSource(shards=shards)], crop_size=crop, scale=degradation.scale,
-                      batch_size=CANDIDATES * count, num_workers=0, shuffle_buffer=4 * CANDIDATES * count)
+                      batch_size=CANDIDATES * count, num_workers=0,
+                      shuffle_buffer_mb=4 * CANDIDATES * count * 3 * crop**2 / 2**20)
     stream = build_train_stream(data, rank=0, world_size=1, seed=seed)
-    candidates = next(iter(stream))["hr"]
+    candidates = to_unit(next(iter(stream))["hr"])
     hr = candidates[pick_with_content(candidates, count, degradation.scale)]
     pair = RealESRGANDegradation(degradation)(hr, torch.Generator().manual_seed(seed))
     return hr, pair.lr, pair.lr_up

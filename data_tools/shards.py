@@ -145,9 +145,9 @@ class ShardWriter:
         self.record.samples += 1
         self.record.pixels += sample.meta["width"] * sample.meta["height"]
 
-    def note_source(self, pixel_hash: str, path: str, size: tuple[int, int]) -> None:
+    def note_source(self, source_hash: str, path: str, size: tuple[int, int]) -> None:
         """Record an accepted source image (for dedup on resume and the size histogram)."""
-        self.record.hashes[pixel_hash] = path
+        self.record.hashes[source_hash] = path
         bucket = short_side_bucket(*size)
         self.record.size_histogram[bucket] = self.record.size_histogram.get(bucket, 0) + 1
 

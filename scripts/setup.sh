@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-APT_PACKAGES=(slurmctld slurmd slurm-client munge lomiri-wallpapers-16.04 mate-backgrounds plasma-workspace-wallpapers)
+# libturbojpeg0: the TurboJPEG library PyTurboJPEG binds (lossless JPEG tiles, faster JPEG decoding).
+APT_PACKAGES=(slurmctld slurmd slurm-client munge lomiri-wallpapers-16.04 mate-backgrounds plasma-workspace-wallpapers
+              libturbojpeg0)
 
 if [[ "${VOSR_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
   missing=()

@@ -1,4 +1,5 @@
-"""data_tools/pack.py on real photos written in many formats and modes: shards, manifest, crops, resume, parts."""
+"""data_tools/pack.py on real photos written in many formats and modes: kept bytes, flat and corrupt skips,
+dedup, tiles, crops, manifest, resume, parts."""
 from __future__ import annotations
 
 import hashlib
@@ -19,6 +20,8 @@ import webdataset as wds
 from PIL import Image
 
 from tests.conftest import real_photos
+from vosr.data.crops import CropSpec, cut, decode
+from vosr.images import composite_on_white, rgb8_on_white, to_rgb8
 
 REPO = Path(__file__).resolve().parents[2]
 PACK = REPO / "data_tools" / "pack.py"
@@ -80,18 +83,30 @@ def photo_dir(tmp_path_factory) -> Path:
     (root / "d" / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (root / "d" / "garbage.png").write_bytes(b"this is not an image" * 50)
     save(Image.fromarray(astro[:40, :50]), root / "d" / "tiny.png")
-    save(Image.fromarray(astro), root / "d" / "z_dup.png", compress_level=1)  # other bytes, same pixels
+    (root / "d" / "z_dup.png").write_bytes((root / "a" / "astro.png").read_bytes())  # the same file bytes
+    save(Image.fromarray(astro), root / "d" / "z_pixdup.png", compress_level=1)  # other bytes, same pixels
+    broken = bytearray((root / "c" / "opaque.png").read_bytes())
+    broken[len(broken) // 2] ^= 0xFF  # one flipped bit pattern inside the image data: its chunk CRC fails
+    (root / "d" / "crc.png").write_bytes(bytes(broken))
+    overlay = np.dstack([chelsea[:200, :300], np.zeros((200, 300), np.uint8)])  # fully transparent: white
+    save(Image.fromarray(overlay), root / "e" / "overlay.png")
+    save(Image.fromarray(np.full((240, 320, 3), 181, np.uint8)), root / "e" / "gray_card.jpg", quality=90)
     (root / "d" / "notes.md").write_text("not listed: not an image extension")
     return root
 
 
-N_INPUTS, N_SKIPPED, N_DUPS = 16, 3, 1
+N_INPUTS, N_SKIPPED, N_DUPS = 20, 6, 1
+SKIP_REASONS = {"truncated.jpg": "corrupt", "garbage.png": "not_an_image", "tiny.png": "too_small",
+                "crc.png": "corrupt", "overlay.png": "flat", "gray_card.jpg": "flat"}
+ODD_MODES = {"cmyk.jpg": "CMYK", "gray16.png": "I;16", "rgb16.png": "RGB;16", "palette.png": "P", "rgba.png": "RGBA",
+             "opaque.png": "RGBA", "gray.jpeg": "L"}
 
 
-def read_samples(out: Path) -> list[dict]:
-    """Every sample of every shard through webdataset, decoded to RGB numpy."""
+def read_samples(out: Path, decoded: bool = True) -> list[dict]:
+    """Every sample of every shard through webdataset, decoded to RGB numpy (else raw bytes)."""
     urls = [str(p) for p in sorted(out.glob("*.tar"))]
-    return list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgb8"))
+    dataset = wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    return list(dataset.decode("rgb8") if decoded else dataset)
 
 
 def image_of(sample: dict) -> np.ndarray:
@@ -106,7 +121,7 @@ def test_pack_folder_manifest_and_webdataset(photo_dir: Path, tmp_path: Path) ->
     assert (m["inputs"], m["skipped_count"], m["duplicates_count"]) == (N_INPUTS, N_SKIPPED, N_DUPS)
     assert m["samples"] == m["source_images"] == N_INPUTS - N_SKIPPED - N_DUPS
     reasons = {Path(s["path"]).name: s["reason"].split(":")[0] for s in m["skipped"]}
-    assert reasons == {"truncated.jpg": "corrupt", "garbage.png": "not_an_image", "tiny.png": "too_small"}
+    assert reasons == SKIP_REASONS and m["skipped_by_reason"]["flat"] == 2
     assert [(Path(d["path"]).name, Path(d["duplicate_of"]).name) for d in m["duplicates"]] == [("z_dup.png",
                                                                                               "astro.png")]
     sizes = json.loads((out / "sizes.json").read_text())
@@ -120,30 +135,41 @@ def test_pack_folder_manifest_and_webdataset(photo_dir: Path, tmp_path: Path) ->
         assert img.dtype == np.uint8 and img.shape == (meta["height"], meta["width"], 3)
         by_name[Path(meta["source"]).name] = (s, meta, img)
     assert m["total_pixels"] == sum(meta["width"] * meta["height"] for _, meta, _ in by_name.values())
-    check_conversions(photo_dir, by_name)
+    raw = {Path(json.loads(s["json"])["source"]).name: s for s in read_samples(out, decoded=False)}
+    check_conversions(by_name, raw)
 
 
-def check_conversions(photo_dir: Path, by_name: dict) -> None:
-    """Plain 8-bit RGB files keep their bytes; every other mode is converted as documented."""
+def stream_rgb(files: dict) -> np.ndarray:
+    """A packed sample's raw files as the training stream sees them: decoded and converted by vosr.data.crops."""
+    img = decode({k: v for k, v in files.items() if k in ("png", "jpg", "webp")}, CropSpec(size=8))
+    return img if isinstance(img, np.ndarray) else rgb8_on_white(img)
+
+
+def check_conversions(by_name: dict, raw: dict) -> None:
+    """Every JPEG/PNG/WebP keeps its bytes whatever its mode; the stream converts them to the RGB that pack
+    itself made of them before (pixels of the source through vosr.images, alpha over white); BMP/TIFF are
+    converted at pack time."""
     astro, coffee, chelsea, rocket, moto = real_photos()
-    for name, ext in (("astro.png", "png"), ("COFFEE.JPG", "jpg"), ("photo.webp", "webp")):
+    for name, meta_mode in (("astro.png", "RGB"), ("COFFEE.JPG", "RGB"), ("photo.webp", "RGB"), *ODD_MODES.items()):
         sample, meta, _ = by_name[name]
-        assert meta["encoding"] == "original" and "converted_from" not in meta and ext in sample
+        assert meta["encoding"] == "original" and "converted_from" not in meta and meta["mode"] == meta_mode, name
         assert meta["sha256"] == hashlib.sha256(Path(meta["source"]).read_bytes()).hexdigest()
-    np.testing.assert_array_equal(by_name["astro.png"][2], astro)
-    assert by_name["cmyk.jpg"][1]["converted_from"] == "CMYK" and "png" in by_name["cmyk.jpg"][0]
-    assert np.abs(by_name["cmyk.jpg"][2].astype(int) - chelsea).mean() < 4  # jpeg q95 round trip
-    assert by_name["gray16.png"][1]["converted_from"].startswith("I")
-    np.testing.assert_array_equal(by_name["gray16.png"][2], np.repeat(rocket[..., :1], 3, axis=2))
-    assert by_name["rgb16.png"][1]["encoding"] == "png"  # 16-bit source: re-encoded to 8 bit, never kept
-    np.testing.assert_array_equal(by_name["rgb16.png"][2], chelsea[:200, :300])
-    assert by_name["palette.png"][1]["converted_from"] == "P"
-    rgba = by_name["rgba.png"][2]
+        with Image.open(meta["source"]) as src:  # what pack converted such a file to before it kept the bytes
+            before = composite_on_white(*to_rgb8(src))
+        np.testing.assert_array_equal(stream_rgb(raw[name]), before, err_msg=name)
+        files = {k: v for k, v in raw[name].items() if k in ("png", "jpg", "webp")}
+        (crop,) = cut(decode(files, CropSpec(size=32)), [(5, 7, False, False)], 32)  # per-crop conversion
+        np.testing.assert_array_equal(crop, before[7:39, 5:37], err_msg=name)
+    np.testing.assert_array_equal(stream_rgb(raw["astro.png"]), astro)
+    assert np.abs(stream_rgb(raw["cmyk.jpg"]).astype(int) - chelsea).mean() < 4  # jpeg q95 round trip
+    np.testing.assert_array_equal(stream_rgb(raw["gray16.png"]), np.repeat(rocket[..., :1], 3, axis=2))
+    np.testing.assert_array_equal(stream_rgb(raw["rgb16.png"]), chelsea[:200, :300])
+    rgba = stream_rgb(raw["rgba.png"])
     assert (rgba[:64, :64] == 255).all() and (rgba[64:, 64:] == coffee[64:256, 64:256]).all()
-    np.testing.assert_array_equal(by_name["opaque.png"][2], rocket[:256, :300])
-    assert by_name["gray.jpeg"][1]["converted_from"] == "L"
-    np.testing.assert_array_equal(by_name["photo.BMP"][2], rocket[:200, :260])
-    np.testing.assert_array_equal(by_name["photo.tif"][2], chelsea[:220, :200])
+    np.testing.assert_array_equal(stream_rgb(raw["opaque.png"]), rocket[:256, :300])
+    for name, expected in (("photo.BMP", rocket[:200, :260]), ("photo.tif", chelsea[:220, :200])):
+        assert by_name[name][1]["encoding"] == "png"
+        np.testing.assert_array_equal(by_name[name][2], expected)
 
 
 def test_max_bytes_bounds_shards(photo_dir: Path, tmp_path: Path) -> None:
@@ -186,9 +212,9 @@ def test_crops_from_file_list(photo_dir: Path, tmp_path: Path) -> None:
         meta = s["json"]
         name = Path(meta["source"]).name
         if name == "tiny.png":  # smaller than the crop: stored whole, no crop box
-            assert "crop" not in meta and (meta["width"], meta["height"]) == (50, 40)
+            assert "box" not in meta and (meta["width"], meta["height"]) == (50, 40)
             continue
-        x0, y0, x1, y1 = meta["crop"]
+        x0, y0, x1, y1 = meta["box"]
         src = astro if name == "astro.png" else coffee
         assert (x1 - x0, y1 - y0) == (200, 200) == (meta["width"], meta["height"]) and "png" in s
         if name == "astro.png":
@@ -197,6 +223,55 @@ def test_crops_from_file_list(photo_dir: Path, tmp_path: Path) -> None:
     grid = lambda xs, ys: sorted((x, y) for y in ys for x in xs)  # noqa: E731
     assert sorted(boxes["astro.png"]) == grid([0, 150, 300, 312], [0, 150, 300, 312])  # 512 x 512
     assert sorted(boxes["COFFEE.JPG"]) == grid([0, 150, 300, 400], [0, 150, 200])  # 600 wide, 400 high
+
+
+def test_tiles_reassemble_to_the_source(tmp_path: Path) -> None:
+    """--tile: abutting tiles named by source and box; JPEGs cut losslessly on the MCU grid (same DCT
+    coefficients: decoded without fancy upsampling, the tiles are the source's pixels), PNGs in their own mode."""
+    from turbojpeg import TJFLAG_FASTUPSAMPLE, TJPF_RGB, TurboJPEG
+
+    astro, coffee, chelsea, *_ = real_photos()
+    src = tmp_path / "src"
+    save(Image.fromarray(np.concatenate([chelsea, chelsea[:, ::-1]], axis=1)), src / "wide.jpg", quality=90)
+    rgba = np.dstack([astro[:500, :450], np.tile(np.arange(450, dtype=np.uint8) // 2, (500, 1))])
+    save(Image.fromarray(rgba), src / "alpha.png")
+    out = tmp_path / "tiles"
+    pack.main([str(src), "--out", str(out), "--tile", "200", "--no-progress"])
+    jpeg = TurboJPEG()
+    for name, source in (("wide.jpg", None), ("alpha.png", rgba)):
+        tiles = [s for s in read_samples(out, decoded=False) if json.loads(s["json"])["source"].endswith(name)]
+        metas = [json.loads(t["json"]) for t in tiles]
+        width, height = metas[0]["source_width"], metas[0]["source_height"]
+        canvas = np.zeros((height, width, 4 if source is not None else 3), np.uint8)
+        covered = np.zeros((height, width), int)
+        raw = (src / name).read_bytes()
+        for tile, meta in zip(tiles, metas):
+            x0, y0, x1, y1 = meta["box"]
+            assert (meta["width"], meta["height"]) == (x1 - x0, y1 - y0) and 150 <= x1 - x0 < 300
+            data = tile["jpg" if source is None else "png"]
+            assert meta["source"] == str(src / name) and meta["sha256"] == hashlib.sha256(data).hexdigest()
+            if source is None:
+                assert meta["encoding"] == "lossless_crop" and x0 % 16 == 0 and y0 % 16 == 0
+                canvas[y0:y1, x0:x1] = jpeg.decode(tile["jpg"], pixel_format=TJPF_RGB, flags=TJFLAG_FASTUPSAMPLE)
+            else:
+                assert meta["encoding"] == "png" and meta["mode"] == "RGBA"
+                canvas[y0:y1, x0:x1] = np.asarray(Image.open(io.BytesIO(tile["png"])))
+            covered[y0:y1, x0:x1] += 1
+        assert (covered == 1).all(), name  # no gaps, no overlap
+        expected = source if source is not None else jpeg.decode(raw, pixel_format=TJPF_RGB, flags=TJFLAG_FASTUPSAMPLE)
+        np.testing.assert_array_equal(canvas, expected, err_msg=name)
+
+
+def test_dedup_pixels_and_flat_threshold(photo_dir: Path, tmp_path: Path) -> None:
+    """--dedup pixels also drops a re-encoded copy; --flat-threshold 0 keeps the flat images."""
+    out = tmp_path / "shards"
+    pack.main([str(photo_dir / "a"), str(photo_dir / "d"), str(photo_dir / "e"), "--out", str(out), "--dedup",
+               "pixels", "--flat-threshold", "0", "--no-progress"])
+    m = json.loads((out / "manifest.json").read_text())
+    assert sorted(Path(d["path"]).name for d in m["duplicates"]) == ["z_dup.png", "z_pixdup.png"]
+    assert "flat" not in m["skipped_by_reason"]
+    kept = {Path(s["json"]["source"]).name for s in read_samples(out)}
+    assert {"overlay.png", "gray_card.jpg"} <= kept
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
@@ -296,9 +371,15 @@ def test_bad_arguments(photo_dir: Path, tmp_path: Path) -> None:
         pack.main([str(photo_dir), "--out", str(tmp_path), "--crop-size", "100", "--crop-stride", "200"])
 
 
+def test_missing_out_is_a_usage_error(photo_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        pack.main([str(photo_dir)])
+    assert exc.value.code == 2 and "--out is required" in capsys.readouterr().err
+
+
 def test_cli_help() -> None:
     res = subprocess.run([sys.executable, str(PACK), "--help"], capture_output=True, text=True, check=True,
                          cwd="/")
     for flag in ("--out", "--max-samples", "--max-bytes", "--min-size", "--crop-size", "--format", "--workers",
-                 "--num-parts", "--part", "--merge-manifests", "--verify"):
+                 "--num-parts", "--part", "--merge-manifests", "--verify", "--tile", "--dedup", "--flat-threshold"):
         assert flag in res.stdout

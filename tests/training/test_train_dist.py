@@ -1,6 +1,7 @@
 """Two CPU processes over gloo with a real DeepSpeed engine: ZeRO-2 and ZeRO-3, kill, resume."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,16 +41,21 @@ def test_zero_run_and_resume(photo_shards, tmp_path, stage):
 
 
 def test_killed_run_resumes_from_last_checkpoint(photo_shards, tmp_path):
-    """SIGKILL both ranks mid-run after a checkpoint, then rerun: it resumes and finishes."""
+    """SIGKILL both ranks a step or more after a checkpoint, then rerun: it resumes there, the data stream at its
+    saved position, and redoes the lost steps with the very losses the killed run had logged for them."""
     run_dir = tmp_path / "killed"
     args = ["--config", TINY, *tiny_overrides(photo_shards[0].parent, run_dir, "engine.zero_stage=2",
-                                              "checkpoint.every_steps=2", "optim.max_steps=400")]
+                                              "checkpoint.every_steps=4", "optim.max_steps=400")]
     proc = subprocess.Popen(torchrun_cmd("vosr.train", args), cwd=REPO, env=torchrun_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 240
-        while not complete_checkpoints(run_dir / "checkpoints") and time.time() < deadline:
-            time.sleep(0.5)
+        while time.time() < deadline:  # a checkpoint, and a step logged after it (the next save is 3 steps off)
+            found = complete_checkpoints(run_dir / "checkpoints")
+            if found and (run_dir / "metrics.jsonl").is_file() and \
+                    max(read_metrics(run_dir), default=0) > int(found[-1].name.split("_")[1]):
+                break
+            time.sleep(0.2)
         assert complete_checkpoints(run_dir / "checkpoints"), "no checkpoint before the deadline"
     finally:
         # torchrun starts each rank in its own session, so kill the whole tree, ranks first (a node dying).
@@ -60,7 +66,14 @@ def test_killed_run_resumes_from_last_checkpoint(photo_shards, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     saved = int(complete_checkpoints(run_dir / "checkpoints")[-1].name.split("_")[1])
+    lost = {step: m["loss/flow"] for step, m in read_metrics(run_dir).items() if saved < step <= saved + 2}
+    assert lost, "the killed run logged no step after its newest checkpoint"
     resumed = torchrun("vosr.train", [*args[:-1], f"optim.max_steps={saved + 2}"])
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert f"at step {saved}" in (run_dir / "log.txt").read_text()
-    assert max(read_metrics(run_dir)) == saved + 2
+    log = (run_dir / "log.txt").read_text()
+    assert f"at step {saved}" in log and "data stream at its saved position" in log
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, saved + 3))  # cut back to the checkpoint, then each step once
+    redone = read_metrics(run_dir)
+    for step, loss in lost.items():
+        assert redone[step]["loss/flow"] == pytest.approx(loss, rel=1e-6, abs=1e-7), step

@@ -90,6 +90,15 @@ def resolve_sources(cfg: DataConfig) -> list[tuple[list[str], float]]:
     return sources
 
 
+def source_names(cfg: DataConfig) -> list[str]:
+    """How errors name each source of :func:`resolve_sources`, in the same order (the config key and pattern)."""
+    names = [f"data.train[{i}].shards={src.shards!r}" for i, src in enumerate(cfg.train)]
+    if cfg.mix_file is not None:
+        names += [f"data.mix_file {cfg.mix_file} entry {number} ({pattern!r})"
+                  for number, (pattern, _) in enumerate(parse_mix_file(cfg.mix_file), start=1)]
+    return names
+
+
 def log_sources(sources: list[tuple[list[str], float]]) -> None:
     """One line per source: shards, samples (from ``sizes.json`` where present), normalised weight."""
     total = sum(weight for _, weight in sources)

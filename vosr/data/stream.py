@@ -1,50 +1,49 @@
 """HR crops streamed from WebDataset tar shards: an infinite weighted training mix and fixed validation sets.
 
-Model-agnostic: every batch is ``{"hr": (B, 3, S, S) float32 in [0, 1], "key": [B] str}`` with
-``S = data.crop_size`` and keys ``"<shard stem>/<sample key>"``. CPU workers read the tars with
-webdataset's tar reader, decode with PIL (RGB), upscale images whose short side is below ``S``
-(bicubic), crop, flip and batch.
+Model-agnostic: a training batch is ``{"hr": (B, 3, S, S) uint8, "key": [B] str}`` with ``S =
+data.crop_size`` and keys ``"<shard stem>/<sample key>"``; the trainer moves it to its device and normalises
+there (``to_unit``), so the host copies a quarter of the bytes. CPU workers read the tars, decode each sample
+once into up to ``data.crops_per_image`` crops (``vosr.data.crops``), convert to RGB, flip, shuffle and
+batch. Images smaller than the crop are skipped and counted (``data.small_images: skip``) or upscaled.
 
-Training (``build_train_stream``) never ends, so every rank always gets batches. Each loader
-worker of each rank is one *slot*; every source's shards are permuted by ``(seed, restart)`` and
-dealt out over the slots (all slots share all shards when a source has fewer shards than
-slots, with a warning). A slot walks its shards in a fresh random order each pass, mixes the
-sources by weight per sample and shuffles through a ``data.shuffle_buffer`` buffer. All of a
-slot's randomness comes from one ``torch.Generator`` seeded by ``(seed, rank, worker, restart)``,
-so a requeued job (``restart + 1``) sees a new stream and a re-run with the same four numbers
-sees the same one. Corrupt samples and broken shards are skipped, counted and logged.
+Training (``build_train_stream``) never ends, so every rank always gets batches. Each loader worker of each
+rank is one *slot* (``vosr.data.slots``); every source's shards are permuted by ``(seed, restart)`` and dealt
+out over the slots (all slots share all shards when a source has fewer shards than slots, with a warning).
+A slot walks its shards in a fresh random order each pass, mixes the sources by weight per sample and
+shuffles crops through a buffer of ``data.shuffle_buffer_mb``. All of a slot's randomness comes from one
+``torch.Generator`` seeded by ``(seed, rank, worker, restart)``.
+
+Every batch carries its slot's position, so ``TrainStream.state_dict()`` is the exact position of what the
+trainer consumed; ``load_state_dict`` restores it (each slot re-reads only its buffered samples) and the
+stream goes on with the very batches an uninterrupted run would have seen. Bad samples are skipped and each
+distinct one recorded (``vosr.data.errors``); a source with no usable sample fails at build time.
 """
 from __future__ import annotations
 
-import io
+import hashlib
 import itertools
+import json
 import logging
-import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.gopen import gopen
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from vosr.config.run import DataConfig
-from vosr.data.errors import SkipCounts, SkipHandler
-from vosr.data.mix import expand_shards, log_sources, resolve_sources
+from vosr.data.crops import CropSpec, SmallImage, centre_params, cut, decode, rows_needed, sample_size
+from vosr.data.errors import SkipLog, SkipReporter
+from vosr.data.mix import expand_shards, log_sources, resolve_sources, source_names
+from vosr.data.shardio import iter_shard
+from vosr.data.slots import SlotPipeline, shard_stem
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp")
-"""Sample entries read as the image, in order of preference."""
-SHUFFLE_INITIAL = 100
-"""Samples buffered before the first one leaves the shuffle buffer (webdataset's default ``initial``):
-start fast, then grow to the full ``data.shuffle_buffer`` by reading two samples per sample emitted."""
 LOG_EVERY = 100
-"""Skips of one kind per worker between two log lines (the first is always logged)."""
-
-ErrorHandler = Callable[[BaseException, str], bool]
+"""Distinct skips per worker between two log lines (the first is always logged)."""
+STATE_VERSION = 1
 
 
 def derive_seed(*parts: int) -> int:
@@ -53,125 +52,26 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def read_shard(url: str, on_error: ErrorHandler) -> Iterator[dict[str, Any]]:
-    """Samples ``{"key", "__key__", "__url__", ext: bytes}`` of one tar shard.
-
-    An unreadable or truncated shard goes to ``on_error`` once; the samples read before the break
-    are kept and the rest of that shard is lost (tar streams cannot resynchronise).
-    """
-    stem = os.path.basename(url).removesuffix(".tar")
-    stream = None
-    try:
-        stream = gopen(url)
-        files = ({**entry, "__url__": url} for entry in tar_file_iterator(stream))
-        for sample in group_by_keys(files):
-            sample["key"] = f"{stem}/{sample['__key__']}"
-            yield sample
-    except Exception as exn:  # any read failure skips the shard, by design
-        on_error(exn, f"in shard {url}")
-    finally:
-        if stream is not None:
-            stream.close()
+def crop_spec(cfg: DataConfig, train: bool = True) -> CropSpec:
+    """The crop settings of ``cfg`` (validation: one centre crop, no flips)."""
+    return CropSpec(size=cfg.crop_size, per_image=cfg.crops_per_image if train else 1, flip=cfg.flip and train,
+                    small=cfg.small_images)
 
 
-def open_image(sample: dict[str, Any]) -> Image.Image:
-    """The decoded (loaded) PIL image of a sample; ValueError/OSError when it is missing or corrupt."""
-    ext = next((e for e in IMAGE_EXTS if e in sample), None)
-    if ext is None:
-        raise ValueError(f"sample {sample.get('key')} has no image entry ({', '.join(IMAGE_EXTS)})")
-    img = Image.open(io.BytesIO(sample[ext]))
-    img.load()
-    return img
-
-
-def crop_hr(img: Image.Image, size: int, gen: torch.Generator | None = None, flip: bool = False) -> np.ndarray:
-    """(size, size, 3) uint8 RGB crop: bicubic upscale so the short side >= size, then random crop
-    (``gen`` given) or centre crop (``gen`` None), then random horizontal/vertical flips if ``flip``."""
-    w, h = img.size
-    short = min(w, h)
-    if short < size:
-        w, h = max(size, -(-w * size // short)), max(size, -(-h * size // short))  # integer ceil
-        img = img.convert("RGB").resize((w, h), Image.Resampling.BICUBIC)
-    if gen is None:
-        x, y = (w - size) // 2, (h - size) // 2
-    else:
-        x = int(torch.randint(0, w - size + 1, (1,), generator=gen))
-        y = int(torch.randint(0, h - size + 1, (1,), generator=gen))
-    crop = np.asarray(img.crop((x, y, x + size, y + size)).convert("RGB"))  # (S, S, 3)
-    if flip and gen is not None:
-        coins = torch.rand(2, generator=gen)
-        if coins[0] < 0.5:
-            crop = crop[:, ::-1]
-        if coins[1] < 0.5:
-            crop = crop[::-1]
-    return np.ascontiguousarray(crop)
+def buffer_crops(cfg: DataConfig) -> int:
+    """Crops that ``data.shuffle_buffer_mb`` holds."""
+    return max(1, int(cfg.shuffle_buffer_mb * 2**20) // (3 * cfg.crop_size**2))
 
 
 def to_batch(crops: list[np.ndarray], keys: list[str]) -> dict[str, Any]:
-    """Stack (S, S, 3) uint8 crops into ``{"hr": (B, 3, S, S) float32 in [0, 1], "key": keys}``."""
-    hr = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)  # (B, 3, S, S) uint8
-    return {"hr": hr.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0), "key": list(keys)}
+    """Stack (S, S, 3) uint8 crops into ``{"hr": (B, 3, S, S) uint8 (contiguous), "key": keys}``."""
+    hr = np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2))  # (B, 3, S, S)
+    return {"hr": torch.from_numpy(hr), "key": list(keys)}
 
 
-def _crops(samples: Iterable[dict[str, Any]], size: int, gen: torch.Generator | None, flip: bool,
-           on_error: ErrorHandler) -> Iterator[tuple[str, np.ndarray]]:
-    """(key, crop) per decodable sample; the others go to ``on_error``."""
-    for sample in samples:
-        try:
-            crop = crop_hr(open_image(sample), size, gen, flip)
-        except Exception as exn:  # PIL raises many types for corrupt bytes
-            on_error(exn, f"sample {sample.get('key')}")
-            continue
-        yield sample["key"], crop
-
-
-def _batched(crops: Iterable[tuple[str, np.ndarray]], batch_size: int) -> Iterator[dict[str, Any]]:
-    """Batches of ``batch_size`` crops; a final short batch is kept."""
-    it = iter(crops)
-    while chunk := list(itertools.islice(it, batch_size)):
-        keys, arrays = zip(*chunk, strict=True)
-        yield to_batch(list(arrays), list(keys))
-
-
-def _shuffled(samples: Iterator[Any], size: int, gen: torch.Generator) -> Iterator[Any]:
-    """Shuffle buffer of up to ``size`` items (no shuffling when size <= 1)."""
-    if size <= 1:
-        yield from samples
-        return
-    buf: list[Any] = []
-    for sample in samples:
-        buf.append(sample)
-        if len(buf) < size and (extra := next(samples, None)) is not None:
-            buf.append(extra)
-        if len(buf) >= min(size, SHUFFLE_INITIAL):
-            j = int(torch.randint(0, len(buf), (1,), generator=gen))
-            buf[j], buf[-1] = buf[-1], buf[j]
-            yield buf.pop()
-    while buf:
-        yield buf.pop(int(torch.randint(0, len(buf), (1,), generator=gen)))
-
-
-def _resampled(shards: list[str], gen: torch.Generator, on_error: ErrorHandler) -> Iterator[dict[str, Any]]:
-    """Endless samples of ``shards``, walked in a fresh random order each pass."""
-    while True:
-        found = 0
-        for i in torch.randperm(len(shards), generator=gen).tolist():
-            for sample in read_shard(shards[i], on_error):
-                found += 1
-                yield sample
-        if found == 0:
-            raise ValueError(f"none of the {len(shards)} shards ({shards[0]} ...) gave a sample (see the skip "
-                             "log); fix or remove that source in data.train / data.mix_file")
-
-
-def _mixed(streams: list[Iterator[dict[str, Any]]], weights: torch.Tensor,
-           gen: torch.Generator) -> Iterator[dict[str, Any]]:
-    """Per sample, pick a source with probability proportional to ``weights``."""
-    if len(streams) == 1:
-        yield from streams[0]
-        return
-    while True:
-        yield next(streams[int(torch.multinomial(weights, 1, generator=gen))])
+def to_unit(hr: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> float32 in [0, 1], on ``hr``'s device."""
+    return hr.to(torch.float32).div_(255.0)
 
 
 def _worker() -> tuple[int, int]:
@@ -188,23 +88,40 @@ def _slot_shards(shards: list[str], slot: int, num_slots: int) -> list[str]:
 class _TrainSamples(IterableDataset):
     """Endless batches of random crops for one rank; each worker is one slot of the shard split."""
 
-    def __init__(self, sources: list[list[str]], weights: list[float], cfg: DataConfig,
-                 ids: dict[str, int], counts: SkipCounts) -> None:
+    def __init__(self, sources: list[list[str]], names: list[str], weights: list[float], cfg: DataConfig,
+                 ids: dict[str, int]) -> None:
         super().__init__()
-        self.sources, self.cfg, self.ids, self.counts = sources, cfg, ids, counts
+        self.sources, self.names, self.cfg, self.ids = sources, names, cfg, ids
         self.weights = torch.tensor(weights, dtype=torch.float64)
+        self.restart = ids["restart"]
+        self.resume: dict[str, Any] = {}
+        """Slot positions to start from, by logical slot (str); empty = from the start."""
+        self.rotation = 0
+        """Loader worker w plays logical slot (w + rotation) % workers, so a resumed loader's first batch
+        comes from the slot whose turn it was."""
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = _worker()
+        logical = (worker + self.rotation) % num_workers
         rank, world_size = self.ids["rank"], self.ids["world_size"]
-        slot, num_slots = rank * num_workers + worker, world_size * num_workers
-        gen = torch.Generator().manual_seed(derive_seed(self.ids["seed"], rank, worker, self.ids["restart"]))
-        on_read = SkipHandler(self.counts, "read", worker, LOG_EVERY)
-        on_decode = SkipHandler(self.counts, "decode", worker, LOG_EVERY)
-        streams = [_resampled(_slot_shards(shards, slot, num_slots), gen, on_read) for shards in self.sources]
-        samples = _shuffled(_mixed(streams, self.weights, gen), self.cfg.shuffle_buffer, gen)
-        crops = _crops(samples, self.cfg.crop_size, gen, self.cfg.flip, on_decode)
-        yield from _batched(crops, self.cfg.batch_size)
+        slot, num_slots = rank * num_workers + logical, world_size * num_workers
+        order = torch.Generator().manual_seed(derive_seed(self.ids["seed"], self.restart))  # same on all slots
+        sources = [_slot_shards([shards[i] for i in torch.randperm(len(shards), generator=order).tolist()],
+                                slot, num_slots) for shards in self.sources]
+        gen = torch.Generator().manual_seed(derive_seed(self.ids["seed"], rank, logical, self.restart))
+        report = SkipReporter(LOG_EVERY, f" (rank {rank}, worker {logical})")
+        pipeline = SlotPipeline(sources, self.names, self.weights, crop_spec(self.cfg),
+                                buffer_crops(self.cfg), gen, report)
+        if self.resume.get(str(logical)) is not None:
+            pipeline.load(self.resume[str(logical)])
+        try:
+            while True:
+                crops, keys = zip(*(pipeline.next() for _ in range(self.cfg.batch_size)), strict=True)
+                batch = to_batch(list(crops), list(keys))
+                batch.update(_slot=logical, _state=pipeline.state(), _skips=report.take())
+                yield batch
+        finally:
+            pipeline.close()
 
 
 class _ValSamples(IterableDataset):
@@ -217,89 +134,188 @@ class _ValSamples(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, num_workers = _worker()
         slot, num_slots = self.rank * num_workers + worker, self.world_size * num_workers
-        counts = SkipCounts(1)
-        on_read, on_decode = SkipHandler(counts, "read", 0, LOG_EVERY), SkipHandler(counts, "decode", 0, LOG_EVERY)
-        samples = (s for shard in self.shards[slot::num_slots] for s in read_shard(shard, on_read))
-        yield from _batched(_crops(samples, self.cfg.crop_size, None, False, on_decode), self.batch_size)
+        yield from _batched(_centre_crops(self.shards[slot::num_slots], self.cfg), self.batch_size)
+
+
+def _centre_crops(shards: list[str], cfg: DataConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, centre crop) of every usable sample of ``shards`` in order; the others are reported."""
+    spec, report = crop_spec(cfg, train=False), SkipReporter(LOG_EVERY, " (validation)")
+    for url in shards:
+        try:
+            for sample in iter_shard(url):
+                try:
+                    params = centre_params(*sample_size(sample.files, spec), spec)
+                    crop = cut(decode(sample.files, spec, rows_needed(params, spec.size)), params, spec.size)[0]
+                except Exception as exn:  # PIL raises many types for corrupt bytes
+                    report("small" if isinstance(exn, SmallImage) else "decode", url, sample.key, exn)
+                    continue
+                yield f"{shard_stem(url)}/{sample.key}", crop
+        except Exception as exn:  # a broken shard: skip the rest of it
+            report("read", url, "", exn)
+
+
+def _batched(crops: Iterable[tuple[str, np.ndarray]], batch_size: int) -> Iterator[dict[str, Any]]:
+    """Batches of ``batch_size`` crops; a final short batch is kept."""
+    it = iter(crops)
+    while chunk := list(itertools.islice(it, batch_size)):
+        keys, arrays = zip(*chunk, strict=True)
+        yield to_batch(list(arrays), list(keys))
 
 
 class TrainStream:
-    """Infinite iterable of training batches ``{"hr": (B, 3, S, S) float in [0, 1], "key": [B] str}`` for one rank.
+    """Infinite iterable of training batches ``{"hr": (B, 3, S, S) uint8, "key": [B] str}`` for one rank.
 
-    Iterating again continues the same stream. ``state_dict()`` goes into checkpoints; a resumed
-    job builds its stream with ``restart = state["restart"] + 1`` so it does not replay old samples.
+    Iterating again continues the same stream (also after ``close()``). ``state_dict()`` is the position of
+    the batches handed out so far, per slot; ``load_state_dict()`` before the first batch resumes there.
     """
 
     seed: int
     restart: int
     batches: int
+    fingerprint: str
 
-    def __init__(self, dataset: _TrainSamples, num_workers: int, seed: int, restart: int) -> None:
-        self._counts = dataset.counts
-        self.seed, self.restart, self.batches = seed, restart, 0
+    def __init__(self, dataset: _TrainSamples, num_workers: int, seed: int, fingerprint: str) -> None:
+        self._dataset, self._num_workers = dataset, num_workers
+        self.seed, self.restart, self.batches, self.fingerprint = seed, dataset.restart, 0, fingerprint
+        self._slots: dict[str, Any] = {}
+        self._next_slot = 0
+        self._skips = SkipLog()
+        self._loader: DataLoader | None = None
+        self._batch_iter: Iterator[dict[str, Any]] | None = None
+
+    def _start(self) -> Iterator[dict[str, Any]]:
+        self._dataset.resume, self._dataset.rotation = dict(self._slots), self._next_slot
         # batch_size=None: workers batch themselves. A private generator keeps the loader from
         # drawing its base seed from (and so shifting) the global torch RNG.
-        self._loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
-                                  persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available(),
+        self._loader = DataLoader(self._dataset, batch_size=None, num_workers=self._num_workers,
+                                  persistent_workers=self._num_workers > 0, pin_memory=torch.cuda.is_available(),
                                   generator=torch.Generator())
-        self._batch_iter: Iterator[dict[str, Any]] | None = None
+        return iter(self._loader)
 
     def __iter__(self) -> Iterator[dict]:
         """Batches forever (workers start on the first call)."""
         if self._batch_iter is None:
-            self._batch_iter = iter(self._loader)
+            self._batch_iter = self._start()
+        slots = max(1, self._num_workers)
         while True:
             batch = next(self._batch_iter)
+            slot = batch.pop("_slot")
+            if slot != self._next_slot:  # the loader hands out its workers' batches in turn; positions rely on it
+                raise RuntimeError(f"batch from data worker slot {slot}, expected slot {self._next_slot}")
+            self._slots[str(slot)] = batch.pop("_state")
+            self._skips.add(batch.pop("_skips"))
+            self._next_slot = (self._next_slot + 1) % slots
             self.batches += 1
             yield batch
 
-    def state_dict(self) -> dict:
-        """``{"seed", "restart", "batches"}`` as plain ints, for checkpoints."""
-        return {"seed": int(self.seed), "restart": int(self.restart), "batches": int(self.batches)}
+    def state_dict(self) -> dict[str, Any]:
+        """The stream's position (plain json types), for checkpoints."""
+        return {"version": STATE_VERSION, "fingerprint": self.fingerprint, "seed": int(self.seed),
+                "restart": int(self.restart), "batches": int(self.batches), "next_slot": self._next_slot,
+                "slots": dict(self._slots)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> bool:
+        """Resume at ``state`` (before the first batch); False, with a warning and no change, when it was
+        saved for other data, data settings, seed, rank, world size or worker count."""
+        if self._batch_iter is not None:
+            raise RuntimeError("TrainStream.load_state_dict must come before the first batch")
+        if state.get("version") != STATE_VERSION or state.get("fingerprint") != self.fingerprint:
+            logger.warning("the saved data position belongs to other data, data settings, seed or world geometry: "
+                           "the stream starts afresh (restart %d) instead of resuming exactly", self.restart)
+            return False
+        self.restart = self._dataset.restart = int(state["restart"])
+        self.batches, self._next_slot, self._slots = int(state["batches"]), int(state["next_slot"]), state["slots"]
+        return True
+
+    def reseed(self, restart: int) -> None:
+        """Start afresh with the stream of requeue count ``restart`` (before the first batch)."""
+        if self._batch_iter is not None:
+            raise RuntimeError("TrainStream.reseed must come before the first batch")
+        self.restart = self._dataset.restart = int(restart)
+        self.batches, self._next_slot, self._slots = 0, 0, {}
 
     def skipped(self) -> dict[str, int]:
-        """Skips so far, summed over workers: ``decode`` (corrupt samples), ``read`` (broken shards)."""
-        return self._counts.totals()
+        """Distinct skipped samples so far on this rank, per kind (decode, read, small)."""
+        return self._skips.counts()
+
+    def take_skips(self) -> list[dict[str, str]]:
+        """Records of the distinct skipped samples that came in since the last call."""
+        return self._skips.take()
 
     def close(self) -> None:
-        """Stop the worker processes (a later iteration starts them again, from the start of the stream)."""
-        self._batch_iter = None
+        """Stop the worker processes; a later iteration restarts them at the current position."""
+        if self._loader is not None and getattr(self._loader, "_iterator", None) is not None:
+            self._loader._iterator._shutdown_workers()
+        self._loader = self._batch_iter = None
+
+
+def _fingerprint(cfg: DataConfig, sources: list[tuple[list[str], float]], ids: dict[str, int]) -> str:
+    """What a saved position is valid for: the shards and weights, the data settings and the geometry."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("train", "mix_file", "val", "val_size")}
+    blob = json.dumps({"sources": sources, "settings": settings, **{k: v for k, v in ids.items() if k != "restart"}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_sources(cfg: DataConfig, sources: list[tuple[list[str], float]], names: list[str]) -> None:
+    """Fail now, in one line naming it, for a source none of whose shards gives a usable sample (read in
+    order until the first one that decodes and is large enough)."""
+    spec = crop_spec(cfg)
+    for (shards, _), name in zip(sources, names, strict=True):
+        first_problem = "no samples"
+        for url in shards:
+            try:
+                for sample in iter_shard(url):
+                    try:
+                        decode(sample.files, spec)
+                        break
+                    except Exception as exn:  # noqa: BLE001 - any failure: try the next sample
+                        first_problem = f"{url} {sample.key}: {type(exn).__name__}: {exn}"
+                else:
+                    continue
+                break
+            except Exception as exn:  # noqa: BLE001 - an unreadable shard: try the next
+                first_problem = f"{url}: {type(exn).__name__}: {exn}"
+        else:
+            raise ValueError(f"{name}: none of its {len(shards)} shards gives a usable sample (first problem: "
+                             f"{first_problem}); fix or remove that source")
 
 
 def build_train_stream(cfg: DataConfig, *, rank: int, world_size: int, seed: int, restart: int = 0) -> TrainStream:
-    """The infinite training stream of ``rank`` in ``world_size``; see the module docstring for the seeding."""
+    """The infinite training stream of ``rank`` in ``world_size``; see the module docstring for the seeding.
+
+    Checks now that every source gives a sample; workers start with the first batch.
+    """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
     if restart < 0:
         raise ValueError(f"restart={restart} must be >= 0 (the requeue counter)")
-    sources = resolve_sources(cfg)
+    sources, names = resolve_sources(cfg), source_names(cfg)
     log_sources(sources)
-    order = torch.Generator().manual_seed(derive_seed(seed, restart))  # the same on every rank and worker
-    shard_lists = [[shards[i] for i in torch.randperm(len(shards), generator=order).tolist()]
-                   for shards, _ in sources]
+    check_sources(cfg, sources, names)
     num_slots = world_size * max(1, cfg.num_workers)
-    for shards in shard_lists:
+    for (shards, _), name in zip(sources, names, strict=True):
         if len(shards) < num_slots:
-            logger.warning("a data source has %d shards < world_size x data.num_workers = %d: every worker "
-                           "resamples all of them (fine for training; repack into more shards to split them)",
-                           len(shards), num_slots)
-    ids = {"seed": seed, "rank": rank, "world_size": world_size, "restart": restart}
-    dataset = _TrainSamples(shard_lists, [w for _, w in sources], cfg, ids, SkipCounts(max(1, cfg.num_workers)))
-    logger.info("train stream: rank %d/%d, seed %d, restart %d, %d sources, %d workers", rank, world_size,
-                seed, restart, len(sources), cfg.num_workers)
-    return TrainStream(dataset, cfg.num_workers, seed, restart)
+            logger.warning("%s has %d shards < world_size x data.num_workers = %d: every worker resamples all of "
+                           "them (fine for training; repack into more shards to split them)", name, len(shards),
+                           num_slots)
+    ids = {"seed": seed, "rank": rank, "world_size": world_size, "restart": restart,
+           "num_workers": max(1, cfg.num_workers)}
+    dataset = _TrainSamples([s for s, _ in sources], names, [w for _, w in sources], cfg, ids)
+    logger.info("train stream: rank %d/%d, seed %d, restart %d, %d sources, %d workers, %d crops per decode at "
+                "most, shuffle buffer %d crops (%g MiB) per worker", rank, world_size, seed, restart, len(sources),
+                cfg.num_workers, cfg.crops_per_image, buffer_crops(cfg), cfg.shuffle_buffer_mb)
+    return TrainStream(dataset, cfg.num_workers, seed, _fingerprint(cfg, sources, ids))
 
 
 def build_val_batches(cfg: DataConfig, *, batch_size: int | None = None) -> list[dict]:
-    """Centre crops of the first ``data.val_size`` images of ``data.val`` (sorted shard order) as batches;
+    """Centre crops of the first ``data.val_size`` images of ``data.val`` (sorted shard order) as batches
+    ``{"hr": (B, 3, S, S) float32 in [0, 1], "key"}`` (a fixed set held in memory: normalised already);
     ``[]`` when ``data.val`` is None. Read in this process, so every rank gets the same fixed set."""
     if cfg.val is None:
         return []
-    counts = SkipCounts(1)
-    on_read, on_decode = SkipHandler(counts, "read", 0, LOG_EVERY), SkipHandler(counts, "decode", 0, LOG_EVERY)
-    samples = (s for shard in expand_shards(cfg.val, "data.val") for s in read_shard(shard, on_read))
-    crops = itertools.islice(_crops(samples, cfg.crop_size, None, False, on_decode), cfg.val_size)
-    batches = list(_batched(crops, batch_size or cfg.batch_size))
+    crops = itertools.islice(_centre_crops(expand_shards(cfg.val, "data.val"), cfg), cfg.val_size)
+    batches = [{**b, "hr": to_unit(b["hr"])} for b in _batched(crops, batch_size or cfg.batch_size)]
     found = sum(len(b["key"]) for b in batches)
     if found < cfg.val_size:
         logger.warning("data.val gave %d of data.val_size=%d images", found, cfg.val_size)
@@ -307,8 +323,9 @@ def build_val_batches(cfg: DataConfig, *, batch_size: int | None = None) -> list
 
 
 def build_val_stream(cfg: DataConfig, *, rank: int, world_size: int, batch_size: int | None = None) -> DataLoader:
-    """One ordered pass over this rank's share of all of ``data.val`` (no resampling, no duplicates
-    across ranks and workers); ranks may get different numbers of batches."""
+    """One ordered pass over this rank's share of all of ``data.val`` as uint8 batches like the training
+    stream's (no resampling, no duplicates across ranks and workers); ranks may get different numbers of
+    batches."""
     if cfg.val is None:
         raise ValueError("data.val is unset; set it to the validation shards")
     if world_size < 1 or not 0 <= rank < world_size:

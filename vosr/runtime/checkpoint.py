@@ -2,8 +2,9 @@
 
 Layout of ``<run_dir>/checkpoints/step_00001000/``: DeepSpeed's files (model/optimizer shards,
 scheduler, client state), ``ema_rank*.pt`` (the EMA shard of each rank under ZeRO-3, else rank 0
-only), ``rng_rank*.pt`` (python, numpy, torch, cuda and the run's own generators) and
-``complete.json`` written last. Everything is written under ``.tmp/`` and the folder is renamed
+only), ``rng_rank*.pt`` (python, numpy, torch, cuda and the run's own generators),
+``data_rank*.json`` (the data stream's position on each rank, plain json) and ``complete.json``
+written last. Everything is written under ``.tmp/`` and the folder is renamed
 into place, so a checkpoint either exists complete or not at all.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +42,11 @@ def complete_checkpoints(root: Path) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if NAME_RE.match(p.name) and (p / MARKER).is_file()]
     return sorted(found, key=lambda p: int(NAME_RE.match(p.name).group(1)))
+
+
+def data_file(rank: int) -> str:
+    """Name of rank ``rank``'s data-position file in a checkpoint folder."""
+    return f"data_rank{rank:05d}.json"
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -72,8 +79,12 @@ class Checkpointer:
     def __init__(self, root: Path, keep: int, rank: int) -> None:
         self.root, self.keep, self.rank = Path(root), keep, rank
 
-    def save(self, engine: TrainEngine, step: int, state: dict, generators: dict[str, torch.Generator]) -> Path:
-        """Write checkpoint ``step`` on every rank, then publish it atomically (rank 0 renames)."""
+    def save(self, engine: TrainEngine, step: int, state: dict, generators: dict[str, torch.Generator],
+             data_state: dict[str, Any] | None = None) -> Path:
+        """Write checkpoint ``step`` on every rank, then publish it atomically (rank 0 renames).
+
+        ``data_state``: this rank's data-stream position (json types), restored by :meth:`load`.
+        """
         name = checkpoint_name(step)
         tmp_root = self.root / ".tmp"
         if self.rank == 0:
@@ -86,6 +97,8 @@ class Checkpointer:
         if self.rank == 0 or is_zero3_partitioned(engine.module):
             torch.save(engine.ema.state_dict(), folder / f"ema_rank{self.rank:05d}.pt")
         torch.save(rng_state(generators), folder / f"rng_rank{self.rank:05d}.pt")
+        if data_state is not None:
+            (folder / data_file(self.rank)).write_text(json.dumps(data_state))
         distributed.barrier()
         final = self.root / name
         if self.rank == 0:
@@ -106,7 +119,8 @@ class Checkpointer:
         return Path(path) if path else None
 
     def load(self, engine: TrainEngine, folder: Path, generators: dict[str, torch.Generator]) -> dict:
-        """Restore engine, EMA and RNG from ``folder``; returns the saved train/data state."""
+        """Restore engine, EMA and RNG from ``folder``; returns the saved train state, with this rank's data
+        position under ``"data_stream"`` (None when the checkpoint has none for this rank)."""
         folder = Path(folder)
         if not (folder / MARKER).is_file():
             raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {MARKER}); "
@@ -120,7 +134,9 @@ class Checkpointer:
         else:
             logger.warning("no RNG state for rank %d in %s (world size changed?): RNG streams restart",
                            self.rank, folder)
-        return client.get("vosr", {})
+        data_path = folder / data_file(self.rank)
+        data_stream = json.loads(data_path.read_text()) if data_path.is_file() else None
+        return {**client.get("vosr", {}), "data_stream": data_stream}
 
     def _prune(self) -> None:
         for old in complete_checkpoints(self.root)[:-self.keep]:

@@ -179,6 +179,15 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(buf.item() > 0)
 
 
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's picklable ``obj``, in rank order, on every rank (``[obj]`` on one process)."""
+    if not is_initialized():
+        return [obj]
+    out: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj: object, src: int = 0) -> object:
     """Send a picklable object from ``src`` to every rank (so ranks cannot disagree, e.g. on a path)."""
     if not is_initialized():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,19 @@ def setup_logging(run_dir: Path | None, rank: int) -> None:
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     for noisy in ("DeepSpeed", "deepspeed", "torch.distributed", "PIL", "urllib3", "timm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def cut_metrics(path: Path, step: int) -> None:
+    """Drop the records after ``step`` from a ``metrics.jsonl`` (a resumed run logs those steps again)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
 
 
 class MetricsLogger:

@@ -6,7 +6,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -14,18 +14,18 @@ from torch import nn
 from tqdm import tqdm
 
 from vosr.config import RunConfig, save_yaml, to_dict
-from vosr.data.stream import build_train_stream
+from vosr.data.errors import SkipLog
+from vosr.data.stream import TrainStream, build_train_stream, to_unit
 from vosr.runtime import distributed
 from vosr.runtime.checkpoint import Checkpointer
 from vosr.runtime.engine import TrainEngine, seed_everything
 from vosr.runtime.perf import StepTimer, memory_stats, peak_flops
 from vosr.runtime.preemption import EXIT_PREEMPTED, PreemptionFlag
-from vosr.runtime.tracking import MetricsLogger, setup_logging
+from vosr.runtime.tracking import MetricsLogger, cut_metrics, setup_logging
 from vosr.training.export import save_export
 from vosr.training.setup import (
     FrozenParts,
     Objective,
-    batches,
     build_frozen_parts,
     make_generators,
     resolve_run_dir,
@@ -36,6 +36,8 @@ from vosr.training.validation import Validator
 logger = logging.getLogger(__name__)
 
 BuildFn = Callable[[RunConfig, FrozenParts, torch.device], tuple[nn.Module, Objective]]
+SKIPPED_FILE = "skipped.jsonl"
+"""Every distinct bad sample of the run, one json line each: shard, key, kind, reason."""
 
 
 @dataclass(kw_only=True)
@@ -46,7 +48,6 @@ class TrainState:
     images: int = 0
     nonfinite: int = 0
     restart: int = 0
-    data_batches: int = 0
     wandb_id: str | None = None
 
 
@@ -67,6 +68,9 @@ class Run:
     metrics: MetricsLogger
     validator: Validator | None
     eval_model: nn.Module | None
+    stream: TrainStream
+    skips: SkipLog
+    """Distinct skipped samples of the whole run, all ranks (filled on rank 0, from skipped.jsonl on resume)."""
 
 
 def run_training(cfg: RunConfig, build: BuildFn) -> int:
@@ -87,6 +91,8 @@ def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: 
     setup_logging(run_dir, info.rank)
     if info.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
+    # Before any heavy work: a data source that gives no sample fails here, in one line naming it.
+    stream = build_train_stream(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
     seed_everything(cfg.seed, info.rank)
     generators = make_generators(cfg, info.rank, device)
     parts = build_frozen_parts(cfg, device)
@@ -95,18 +101,23 @@ def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: 
     eval_model = copy.deepcopy(model).requires_grad_(False).eval() if validate and info.is_main else None
     engine = TrainEngine(model, cfg.engine, cfg.optim, micro_batch=cfg.data.batch_size, world=info, device=device)
     checkpointer = Checkpointer(run_dir / "checkpoints", cfg.checkpoint.keep_latest, info.rank)
-    state = _resume(cfg, engine, checkpointer, generators)
+    state = _resume(cfg, engine, checkpointer, generators, stream)
+    skips = SkipLog()
+    if info.is_main:
+        cut_metrics(run_dir / "metrics.jsonl", state.step)  # steps after the checkpoint are redone, identically
+        skips.load(run_dir / SKIPPED_FILE)
     metrics = MetricsLogger(cfg.log, run_dir=run_dir, rank=info.rank, run_id=state.wandb_id, name=cfg.name or cfg.stage,
                             config=to_dict(cfg))
     state.wandb_id = distributed.broadcast_object(metrics.run_id)
     validator = Validator(cfg, parts, device, run_dir) if validate and info.is_main else None
     return Run(cfg=cfg, info=info, device=device, run_dir=run_dir, parts=parts, engine=engine, objective=objective,
                checkpointer=checkpointer, generators=generators, state=state, metrics=metrics, validator=validator,
-               eval_model=eval_model)
+               eval_model=eval_model, stream=stream, skips=skips)
 
 
 def _resume(cfg: RunConfig, engine: TrainEngine, checkpointer: Checkpointer,
-            generators: dict[str, torch.Generator]) -> TrainState:
+            generators: dict[str, torch.Generator], stream: TrainStream) -> TrainState:
+    """Load the checkpoint to resume from, if any, and put the data stream at its saved position."""
     if cfg.checkpoint.resume == "none":
         return TrainState()
     folder = checkpointer.latest() if cfg.checkpoint.resume == "auto" else Path(cfg.checkpoint.resume)
@@ -114,21 +125,21 @@ def _resume(cfg: RunConfig, engine: TrainEngine, checkpointer: Checkpointer,
         logger.info("no checkpoint to resume from: starting at step 0")
         return TrainState()
     saved = checkpointer.load(engine, folder, generators)
-    state = TrainState(**saved["train"])
+    known = {f.name for f in fields(TrainState)}
+    state = TrainState(**{k: v for k, v in saved["train"].items() if k in known})
     state.restart += 1
-    logger.info("resumed from %s at step %d (restart %d, %d images seen)",
-                folder, state.step, state.restart, state.images)
+    exact = saved["data_stream"] is not None and stream.load_state_dict(saved["data_stream"])
+    if not exact:
+        stream.reseed(state.restart)
+    where = "at its saved position" if exact else f"reseeded (restart {state.restart})"
+    logger.info("resumed from %s at step %d (restart %d, %d images seen); data stream %s", folder, state.step,
+                state.restart, state.images, where)
     return state
 
 
 def _loop(run: Run) -> int:
     cfg, state, info = run.cfg, run.state, run.info
-    replay = cfg.checkpoint.replay_data
-    stream = build_train_stream(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed,
-                                restart=0 if replay else state.restart)
-    data = batches(stream, state.data_batches if replay else 0)
-    if not replay:
-        state.data_batches = 0
+    data = iter(run.stream)
     flag = PreemptionFlag().install()
     timer, window = StepTimer(), defaultdict(float)
     bar = tqdm(initial=state.step, total=cfg.optim.max_steps, disable=not (info.is_main and cfg.log.progress),
@@ -140,7 +151,7 @@ def _loop(run: Run) -> int:
             window["_n"] += 1
             bar.update(1)
             if state.step % cfg.log.every_steps == 0 or state.step == cfg.optim.max_steps:
-                _log(run, window, timer, bar, stream)
+                _log(run, window, timer, bar)
                 window.clear()
             if cfg.log.val_every and state.step % cfg.log.val_every == 0:
                 _validate(run)
@@ -166,8 +177,7 @@ def _train_step(run: Run, data, timer: StepTimer) -> dict[str, float]:
     while done < cfg.optim.grad_accum:
         t0 = time.perf_counter()
         batch = next(data)
-        state.data_batches += 1
-        hr = batch["hr"].to(run.device, non_blocking=True)
+        hr = to_unit(batch["hr"].to(run.device, non_blocking=True))  # uint8 over the bus, normalised on the device
         timer.add_data(time.perf_counter() - t0)
         z_hq, z_lq, sem, _ = run.parts.encode_pair(hr, run.generators["degradation"], autocast=engine.autocast)
         with engine.autocast():
@@ -188,7 +198,16 @@ def _train_step(run: Run, data, timer: StepTimer) -> dict[str, float]:
     return dict(totals)
 
 
-def _log(run: Run, window: dict[str, float], timer: StepTimer, bar: tqdm, stream) -> None:
+def _log_skips(run: Run) -> dict[str, float]:
+    """Gather the ranks' new distinct skipped samples; rank 0 appends them to skipped.jsonl. Returns the run's
+    distinct counts per kind (meaningful on rank 0, which logs them)."""
+    new = [rec for recs in distributed.all_gather_object(run.stream.take_skips()) for rec in recs]
+    if run.info.is_main:
+        SkipLog.append(run.run_dir / SKIPPED_FILE, run.skips.add(new))
+    return {f"data/skipped_{k}": float(v) for k, v in run.skips.counts().items()}
+
+
+def _log(run: Run, window: dict[str, float], timer: StepTimer, bar: tqdm) -> None:
     cfg, info = run.cfg, run.info
     n = max(window.pop("_n", 1.0), 1.0)
     scalars = distributed.all_reduce_mean({(k if "/" in k else f"loss/{k}"): v / n for k, v in window.items()},
@@ -196,10 +215,9 @@ def _log(run: Run, window: dict[str, float], timer: StepTimer, bar: tqdm, stream
     per_rank_images = int(n) * cfg.data.batch_size * cfg.optim.grad_accum
     perf = timer.report(per_rank_images, run.objective.flops_per_image, peak_flops(run.device))
     perf["perf/images_per_s"] *= info.world_size
-    skipped = distributed.all_reduce_sum({k: float(v) for k, v in stream.skipped().items()}, run.device)
     scalars.update(perf)
     scalars.update(memory_stats(run.device))
-    scalars.update({f"data/skipped_{k}": v for k, v in skipped.items()})
+    scalars.update(_log_skips(run))
     scalars.update({"optim/lr": run.engine.lr, "optim/nonfinite_steps": float(run.state.nonfinite),
                     "progress/images": float(run.state.images)})
     grad_norm = run.engine.grad_norm()
@@ -233,9 +251,8 @@ def _validate(run: Run) -> None:
 
 
 def _save(run: Run) -> None:
-    state = {"train": asdict(run.state), "data": {"restart": run.state.restart, "batches": run.state.data_batches},
-             "config": to_dict(run.cfg)}
-    run.checkpointer.save(run.engine, run.state.step, state, run.generators)
+    state = {"train": asdict(run.state), "config": to_dict(run.cfg)}
+    run.checkpointer.save(run.engine, run.state.step, state, run.generators, data_state=run.stream.state_dict())
     exports = {"ema.safetensors": _gather_ema} if run.cfg.checkpoint.export_ema else {}
     if run.cfg.checkpoint.export_raw:
         exports["model.safetensors"] = lambda r: r.engine.full_state_dict()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -128,11 +128,3 @@ def make_generators(cfg: RunConfig, rank: int, device: torch.device) -> dict[str
         gen.manual_seed((cfg.seed * 1000003 + rank * 7919 + offset) % 2**63)
         gens[key] = gen
     return gens
-
-
-def batches(stream, skip: int) -> Iterator[dict]:
-    """The stream's batches, after skipping ``skip`` already-used ones (bit-exact replay)."""
-    it = iter(stream)
-    for _ in range(skip):
-        next(it)
-    yield from it
