@@ -103,3 +103,18 @@ def test_export_records_with_r_from_the_weights(tmp_path, caplog):
     teacher = save_export(tmp_path / "t.safetensors", build_model(tiny_config()).state_dict(),
                           tiny_config("model.with_r=true"))
     assert json.loads(read_metadata(teacher)[CONFIG_KEY])["model"]["with_r"] is False
+
+
+def test_export_from_another_version_drops_unknown_config_keys(tmp_path, caplog):
+    """Weights exported by a vosr with other (e.g. since removed) config keys still load, with a warning."""
+    cfg = tiny_config()
+    state = build_model(cfg).state_dict()
+    data = to_dict(cfg)
+    data["data"]["shuffle_buffer"] = 200  # a key an older vosr wrote
+    data["retired_section"] = {"x": 1}
+    path = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path),
+              metadata={CONFIG_KEY: json.dumps(data), "vosr_format": "1"})
+    _, loaded = load_export(path)
+    assert loaded is not None and loaded.model == cfg.model
+    assert "data.shuffle_buffer" in caplog.text and "retired_section" in caplog.text

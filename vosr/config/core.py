@@ -190,6 +190,24 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base_dir: Pa
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
 
 
+def drop_unknown(cls: type, data: dict[str, Any], prefix: str = "") -> tuple[dict[str, Any], list[str]]:
+    """``data`` without the keys dataclass ``cls`` (and its nested dataclasses) does not know; returns
+    the pruned copy and the dotted keys dropped (for configs written by another vosr version)."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    out, dropped = {}, []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            dropped.append(dotted)
+        elif dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            out[key], sub = drop_unknown(hints[key], value, dotted + ".")
+            dropped += sub
+        else:
+            out[key] = value
+    return out, dropped
+
+
 def to_dict(obj: Any) -> Any:
     """A plain (YAML/JSON-safe) nested dict of a dataclass config."""
     if dataclasses.is_dataclass(obj):

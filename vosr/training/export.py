@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vosr.config import RunConfig, from_dict, to_dict
+from vosr.config.core import drop_unknown
 
 if TYPE_CHECKING:  # torch is imported where tensors are handled, so the CLIs can check paths quickly
     import torch
@@ -112,8 +113,12 @@ def load_export(path: str | Path) -> tuple[dict[str, torch.Tensor], RunConfig | 
     if raw is None:
         logger.info("%s has no %s metadata (a released checkpoint); a config must be given", path, CONFIG_KEY)
         return state, None
+    data, dropped = drop_unknown(RunConfig, json.loads(raw))
+    if dropped:
+        logger.warning("%s: ignoring config keys this vosr does not know (written by another version): %s",
+                       path, ", ".join(dropped))
     try:
-        config = from_dict(RunConfig, json.loads(raw))
+        config = from_dict(RunConfig, data)
     except (ValueError, TypeError) as e:
         raise ValueError(f"the config embedded in {path} does not validate ({e}); pass --config to override") from e
     return state, config
