@@ -99,7 +99,7 @@ def test_export_records_with_r_from_the_weights(tmp_path, caplog):
     assert json.loads(read_metadata(path)[CONFIG_KEY])["model"]["with_r"] is True
     with caplog.at_level("WARNING"):
         pipe = load_pipeline(path.parent)  # a run folder: its ema.safetensors
-    assert pipe.model.cfg.with_r and not [r for r in caplog.records if "with_r" in r.getMessage()]
+    assert pipe.model.cfg.with_r and not [r for r in caplog.records if "using model.with_r" in r.getMessage()]
     teacher = save_export(tmp_path / "t.safetensors", build_model(tiny_config()).state_dict(),
                           tiny_config("model.with_r=true"))
     assert json.loads(read_metadata(teacher)[CONFIG_KEY])["model"]["with_r"] is False

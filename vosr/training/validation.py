@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from vosr.config import DataConfig, RunConfig
-from vosr.data.stream import build_val_stream
+from vosr.data.stream import build_val_stream, to_unit
 from vosr.evaluation import metrics
 from vosr.images import FLAT_DETAIL, detail_level, make_grid, pick_with_content
 
@@ -36,8 +36,8 @@ def pick_val_images(data: DataConfig) -> torch.Tensor:
     seen: list[torch.Tensor] = []
     with_content = 0
     for batch in stream:
-        seen.append(batch["hr"])
-        with_content += int((detail_level(batch["hr"], data.scale) >= FLAT_DETAIL).sum())
+        seen.append(to_unit(batch["hr"]))  # the stream yields uint8
+        with_content += int((detail_level(seen[-1], data.scale) >= FLAT_DETAIL).sum())
         if with_content >= data.val_size or sum(len(b) for b in seen) >= VAL_CANDIDATES * data.val_size:
             break
     if not seen:
