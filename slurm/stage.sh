@@ -19,6 +19,8 @@
 #   wrapper below notes the 75 in <run_dir>/.preempted-<job>-<restart>; once srun is done this
 #   shell sees the note and runs `scontrol requeue`: the job keeps its id, so the requeued run gets the
 #   same run_dir and resumes from the newest complete checkpoint (checkpoint.resume=auto).
+#   A signal that reaches a rank before its handler is installed (still starting) kills it with
+#   128+USR1; the wrapper counts that as preempted too, so the job is requeued, not failed.
 #   USR2 is forwarded the same way; `scancel --signal=USR1 --full` (shell + tasks) is fine too.
 #   A plain scancel (TERM) is never requeued.
 #
@@ -59,15 +61,18 @@ fi
 # that are still closing down after the same collective save. The wrapper passes USR1/USR2 on to
 # the rank, so the signal arrives whether Slurm signals only the task's first process or every
 # process of the step (then the rank gets it twice, which the PreemptionFlag ignores).
-VOSR_TASK_WRAPPER='"$@" & child=$!
-trap "kill -USR1 $child 2>/dev/null" USR1
-trap "kill -USR2 $child 2>/dev/null" USR2
+VOSR_TASK_WRAPPER='signalled=
+"$@" & child=$!
+trap "signalled=1; kill -USR1 $child 2>/dev/null" USR1
+trap "signalled=1; kill -USR2 $child 2>/dev/null" USR2
 while :; do
   wait $child; rc=$?
   if ((rc > 128)) && kill -0 $child 2>/dev/null; then continue; fi
   break
 done
-if ((rc == 75)); then touch "$VOSR_PREEMPT_MARK"; rc=0; fi
+# 75: saved after the signal. 128+USR1/USR2 after a forwarded signal: the rank was still starting
+# (no handler yet), so nothing since the last checkpoint is lost and the job is requeued all the same.
+if ((rc == 75)) || { [[ -n $signalled ]] && ((rc == 138 || rc == 140)); }; then touch "$VOSR_PREEMPT_MARK"; rc=0; fi
 exit $rc'
 
 vosr_log() { echo "[vosr-slurm $(date +%H:%M:%S)] $*"; }
@@ -156,7 +161,7 @@ vosr_run_stage() {  # vosr_run_stage MODULE CONFIG [key=value ...]
       vosr_log "preempted, but already restarted ${SLURM_RESTART_COUNT} times (VOSR_MAX_REQUEUES): giving up"
       return 75
     fi
-    vosr_log "checkpoint saved after preemption: requeueing job $SLURM_JOB_ID"
+    vosr_log "preempted (checkpoint saved, or still starting): requeueing job $SLURM_JOB_ID"
     scontrol requeue "$SLURM_JOB_ID"
     return 0
   fi

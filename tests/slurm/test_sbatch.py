@@ -31,6 +31,8 @@ ckpt = run_dir / f"ckpt_rank{{rank}}.txt"
 (run_dir / f"env_rank{{rank}}.txt").write_text(
     f"{{module}} {{os.environ['MASTER_ADDR']}} {{os.environ['MASTER_PORT']}} {{os.environ['SLURM_NTASKS']}}")
 step = int(ckpt.read_text()) if ckpt.exists() else 0
+if not int(os.environ.get("SLURM_RESTART_COUNT", "0")):
+    time.sleep(float(over.get("start_s", "0")))  # a slow start-up: no handler yet
 if step:
     print(f"rank {{rank}} resumed from step {{step}}", flush=True)
 flag = PreemptionFlag().install()
@@ -103,15 +105,32 @@ def test_time_limit_signal_saves_requeues_and_resumes(slurm_cluster: SlurmCluste
     """The real thing, no scancel: a 3-minute job whose ``--signal=B:USR1@170`` fires before its time limit.
 
     Its 1000 steps need 250 s, so only the time-limit signal can end the first run in time (Slurm sends
-    it 10-40 s after the start); the requeued run goes fast and has its own 3 minutes to finish.
+    it 30-60 s after the start, late enough for a loaded machine to have started the ranks); the
+    requeued run goes fast and has its own 3 minutes to finish.
     """
     env, run_dir = _standin(tmp_path), tmp_path / "run"
     log = tmp_path / "slurm-%j.out"
-    flags = [f for f in CPU_FLAGS if not f.startswith("--time")] + ["--time=3", "--signal=B:USR1@170"]
+    flags = [f for f in CPU_FLAGS if not f.startswith("--time")] + ["--time=3", "--signal=B:USR1@150"]
     job = slurm_cluster.sbatch([*flags, f"--output={log}", "slurm/train_teacher.sh", "configs/tiny.yaml",
                                 f"run_dir={run_dir}", "steps=1000", "restart_step_s=0.002"], env=env)
     log = Path(str(log).replace("%j", job))
     _check_saved_requeued_resumed(slurm_cluster.wait(job, log), log, run_dir, steps=1000)
+
+
+def test_signal_during_start_up_requeues(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """USR1 before the ranks have a handler kills them by the signal; the job is requeued all the same."""
+    env, run_dir = _standin(tmp_path), tmp_path / "run"
+    log = tmp_path / "slurm-%j.out"
+    job = slurm_cluster.sbatch([*CPU_FLAGS, f"--output={log}", "slurm/train_teacher.sh", "configs/tiny.yaml",
+                                f"run_dir={run_dir}", "steps=4", "start_s=60"], env=env)
+    log = Path(str(log).replace("%j", job))
+    slurm_cluster.wait_for(lambda: all((run_dir / f"env_rank{r}.txt").exists() for r in (0, 1)), "the ranks")
+    slurm_cluster.signal_batch(job, "USR1")
+    info = slurm_cluster.wait(job, log)
+    text = log.read_text()
+    assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (info, text)
+    assert int(info["Restarts"]) == 1 and "still starting" in text, text
+    assert all((run_dir / f"done_rank{r}").read_text() == "4" for r in (0, 1))
 
 
 def test_sbatch_needs_a_config(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
