@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bytes", type=parse_bytes, default="1G", help="shard size at most, e.g. 500M (default: 1G)")
     p.add_argument("--min-size", type=int, default=0, help="skip images whose short side is below this (px)")
     p.add_argument("--max-pixels", type=int, default=1 << 28, help="skip images with more pixels (default: 2^28)")
+    p.add_argument("--short-side", type=str, default="",
+                   help="store each image downscaled (Lanczos) to these short sides, e.g. 512,320 (comma-\n"
+                        "separated; an image no larger is stored at its own size once), as Real-ESRGAN's\n"
+                        "multi-scale DF2K: gives small training crops the detail per pixel of real photos;\n"
+                        "combines with --tile / --crop-size; re-encoded losslessly (default: own size)")
     p.add_argument("--tile", type=int, default=0,
                    help="store tiles of about this side instead of whole images (0 = off; e.g. 768):\n"
                         "sides split into round(side / tile) abutting parts (no gaps, no overlap); JPEGs cut\n"
@@ -110,6 +115,12 @@ def image_options(args: argparse.Namespace) -> ImageOptions:
         raise ValueError(f"--crop-stride {stride} must be in [1, --crop-size {args.crop_size}]; change --crop-stride")
     if args.tile < 0 or (args.tile and args.crop_size):
         raise ValueError(f"--tile {args.tile} must be >= 0 and not combined with --crop-size; use one of them")
+    try:
+        short_sides = tuple(int(v) for v in args.short_side.split(",") if v.strip())
+    except ValueError:
+        short_sides = (0,)
+    if any(v < 1 for v in short_sides):
+        raise ValueError(f"--short-side {args.short_side!r} must be positive integers, e.g. 512,320")
     if args.flat_threshold < 0:
         raise ValueError(f"--flat-threshold {args.flat_threshold} must be >= 0 (0 = off)")
     if args.max_samples < 1 or args.max_bytes < 1:
@@ -119,7 +130,7 @@ def image_options(args: argparse.Namespace) -> ImageOptions:
     return ImageOptions(min_size=args.min_size, max_pixels=args.max_pixels, crop_size=args.crop_size,
                         crop_stride=stride, tile=args.tile, fmt=args.format, quality=args.quality,
                         webp_lossless=args.webp_lossless, png_level=args.png_level, dedup=args.dedup,
-                        flat_threshold=args.flat_threshold)
+                        flat_threshold=args.flat_threshold, short_sides=short_sides)
 
 
 def run_fingerprint(inputs: list[str], header: dict) -> str:

@@ -46,6 +46,10 @@ class ImageOptions:
     """Step between crop origins (px); < crop_size gives overlapping crops."""
     tile: int = 0
     """Store tiles of about this side instead of whole images (0 = whole images); see data_tools.tiles."""
+    short_sides: tuple[int, ...] = ()
+    """Store each input once per side S, downscaled (Lanczos) so its short side is S (an input already no
+    larger is stored at its own size, once), as Real-ESRGAN's multi-scale DF2K; () = the input's own size.
+    Matches the detail per pixel of the training crops to the photos the model will see."""
     fmt: str = "keep"
     """keep | png | jpg | webp."""
     quality: int = 95
@@ -172,7 +176,8 @@ def _pixel_hash(img: Image.Image) -> str:
 
 def _needs_pixels(info: Probe, raw: bytes, opts: ImageOptions) -> bool:
     """Whether this input must be decoded in full (see the module docstring)."""
-    if opts.dedup == "pixels" or opts.crop_size or opts.fmt != "keep" or info.format not in KEEPABLE:
+    if opts.dedup == "pixels" or opts.crop_size or opts.short_sides or opts.fmt != "keep" \
+            or info.format not in KEEPABLE:
         return True
     if opts.tile:
         return not (info.format == "JPEG" and jpeg_mcu(raw) is not None)
@@ -239,6 +244,39 @@ def _converted(index: int, raw: bytes, info: Probe, img: Image.Image, meta: dict
     return samples
 
 
+def downscaled(img: Image.Image, short_sides: tuple[int, ...]) -> list[tuple[int, Image.Image]]:
+    """``(side, copy)`` per distinct target: 8-bit RGB copies whose short side is ``min(S, own side)``."""
+    rgb = Image.fromarray(rgb8_on_white(img))
+    own = min(rgb.size)
+    copies = []
+    for side in sorted({min(s, own) for s in short_sides}, reverse=True):
+        scale = side / own
+        size = (max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale)))
+        copies.append((side, rgb if size == rgb.size else rgb.resize(size, Image.LANCZOS)))
+    return copies
+
+
+def _rescaled(index: int, img: Image.Image, meta: dict, opts: ImageOptions) -> list[Sample]:
+    """--short-side copies of one input, each tiled (--tile) or cropped (--crop-size), re-encoded losslessly
+    (--format keep: PNG)."""
+    meta = {k: v for k, v in meta.items() if k != "sha256"}
+    fmt = "png" if opts.fmt == "keep" else opts.fmt
+    samples: list[Sample] = []
+    for side, copy in downscaled(img, opts.short_sides):
+        width, height = copy.size
+        if opts.tile:
+            boxes: list = tile_boxes(width, height, opts.tile, (1, 1))
+        else:
+            boxes = crop_boxes(width, height, opts.crop_size, opts.crop_stride)
+        for box in boxes:
+            part = copy if box is None or tuple(box) == (0, 0, width, height) else copy.crop(box)
+            data, ext = encode(part, fmt, opts)
+            box_meta = {} if box is None else {"box": list(box)}
+            samples.append(_sample(f"{index:09d}_{len(samples):04d}", data, ext, meta, width=part.size[0],
+                                   height=part.size[1], encoding=ext, short_side=side, **box_meta))
+    return samples
+
+
 def _make_samples(index: int, path: str, raw: bytes, opts: ImageOptions) -> InputResult:
     """Check one input and turn it into samples with their json metadata (SkipImage for a skip)."""
     img = open_lazy(raw)
@@ -259,7 +297,9 @@ def _make_samples(index: int, path: str, raw: bytes, opts: ImageOptions) -> Inpu
     source_hash = _pixel_hash(decoded) if opts.dedup == "pixels" else raw_sha if opts.dedup == "bytes" else path
     meta = {"source": path, "source_width": info.width, "source_height": info.height,
             "source_format": info.format, "mode": info.mode, "sha256": raw_sha}
-    if opts.tile:
+    if opts.short_sides:
+        samples = _rescaled(index, decoded, meta, opts)
+    elif opts.tile:
         samples = _tiles(index, raw, info, decoded, meta, opts)
     else:
         samples = _converted(index, raw, info, decoded, meta, opts)

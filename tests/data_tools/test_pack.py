@@ -362,6 +362,27 @@ def test_verify_catches_corruption(photo_dir: Path, tmp_path: Path, capsys: pyte
     assert "2 bad" in report
 
 
+def test_short_sides_store_lanczos_copies(photo_dir: Path, tmp_path: Path) -> None:
+    """--short-side 256,100: each photo twice, downscaled by Lanczos; one smaller than a side is kept once."""
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{photo_dir / 'a' / 'astro.png'}\n{photo_dir / 'd' / 'tiny.png'}\n")
+    out = tmp_path / "shards"
+    pack.main([str(listing), "--out", str(out), "--short-side", "256,100", "--no-progress"])
+    astro = Image.fromarray(real_photos()[0])  # 512 x 512
+    got = {(Path(s["json"]["source"]).name, s["json"]["short_side"]): s for s in read_samples(out)}
+    assert sorted(got) == [("astro.png", 100), ("astro.png", 256), ("tiny.png", 40)]  # tiny: 50 x 40, once
+    for side in (256, 100):
+        np.testing.assert_array_equal(got["astro.png", side]["png"],
+                                      np.asarray(astro.resize((side, side), Image.LANCZOS)))
+    assert got["tiny.png", 40]["png"].shape == (40, 50, 3)
+    # with --tile the copies are tiled: the 256 copy into 2 x 2 tiles of 128, the 100 copy kept whole
+    tiled = tmp_path / "tiled"
+    pack.main([str(photo_dir / "a" / "astro.png"), "--out", str(tiled), "--short-side", "256,100", "--tile", "128",
+               "--no-progress"])
+    sizes = sorted((s["json"]["short_side"], s["json"]["width"], s["json"]["height"]) for s in read_samples(tiled))
+    assert sizes == [(100, 100, 100)] + [(256, 128, 128)] * 4
+
+
 def test_bad_arguments(photo_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--part"):
         pack.main([str(photo_dir), "--out", str(tmp_path), "--num-parts", "2", "--part", "2"])
@@ -369,6 +390,8 @@ def test_bad_arguments(photo_dir: Path, tmp_path: Path) -> None:
         pack.main([str(tmp_path / "missing"), "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--crop-stride"):
         pack.main([str(photo_dir), "--out", str(tmp_path), "--crop-size", "100", "--crop-stride", "200"])
+    with pytest.raises(ValueError, match="--short-side"):
+        pack.main([str(photo_dir), "--out", str(tmp_path), "--short-side", "512,x"])
 
 
 def test_missing_out_is_a_usage_error(photo_dir: Path, capsys: pytest.CaptureFixture) -> None:
