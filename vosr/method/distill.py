@@ -27,7 +27,8 @@ from vosr.method.flow import (
 )
 
 _MIN_INTERVAL = 1e-6
-"""Floor of ``d = t - r`` in the RCGM short-interval branch (METHOD.md §5)."""
+"""Floor of ``d = t - r`` in the RCGM short-interval branch, and the slack of its test ``t < r + delta + 1e-6``
+(both as the reference; the slack keeps an interval of exactly ``delta``, up to float rounding, short)."""
 
 
 def _call(student: Model, x: Tensor, t: Tensor, r: Tensor, cond: Tensor, sem: Tensor | None) -> Tensor:
@@ -76,7 +77,7 @@ def rcgm_target(student: Model, x_t: Tensor, t: Tensor, r: Tensor, v_star: Tenso
 
     ``t_m = max(t - delta, r)``; step ``x_t -> x`` at ``t_m`` with ``v*``; N equal student sub-steps
     ``s_i -> s_{i+1}`` over ``[t_m, r]`` accumulate ``F``; then per sample, with ``d = max(t - r, 1e-6)``,
-    ``(a, b) = (1, 1/d)`` if ``t < r + delta`` else ``(d/delta, 1/delta)``, and
+    ``(a, b) = (1, 1/d)`` if ``t < r + delta + 1e-6`` else ``(d/delta, 1/delta)``, and
     ``target = u - clamp(a u - b F - v*, -clamp, clamp)``. ``u`` (B, C, H, W) may be passed in when the
     caller already has ``u(x_t, t, r)`` (detached). Returns ``(u, target)``, both (B, C, H, W).
     """
@@ -94,7 +95,7 @@ def rcgm_target(student: Model, x_t: Tensor, t: Tensor, r: Tensor, v_star: Tenso
         x = x - step * u_i
         flow_sum = flow_sum + step * u_i
     d = torch.clamp(t - r, min=_MIN_INTERVAL)
-    short = t < r + delta
+    short = t < r + delta + _MIN_INTERVAL
     a = torch.where(short, torch.ones_like(d), d / delta)
     b = torch.where(short, 1.0 / d, torch.full_like(d, 1.0 / delta))
     correction = torch.clamp(per_sample(a, u) * u - per_sample(b, u) * flow_sum - v_star, -clamp, clamp)
