@@ -36,7 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=None, help="upscaling factor (default: the model's data.scale)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default flow.sample_steps; one-step "
                    "models use 1 unless more are asked for)")
-    p.add_argument("--guidance", type=float, default=None, help="guidance s (default flow.guidance)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance s (default flow.guidance); for a student "
+                   "distilled with distill.guidance_range, its omega inside that range")
+    p.add_argument("--guidance-lr", type=float, default=None, help="teacher: guidance of the LR branch s_lr "
+                   "(fidelity to the input; default --guidance)")
+    p.add_argument("--guidance-sem", type=float, default=None, help="teacher: guidance of the semantic branch s_sem "
+                   "(generated detail; default --guidance)")
     p.add_argument("--weak-anchor", type=float, default=None, help="weak-anchor w (default flow.weak_anchor)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same for every image)")
     p.add_argument("--color-fix", choices=COLOR_FIXES, default="adain",
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         pairs = plan_outputs(inputs, Path(args.output).expanduser())
         pipe = load_pipeline(args.checkpoint, config=args.config, overrides=args.overrides,
                              device=resolve_device(args.device), dtype=getattr(torch, DTYPE_NAMES[args.dtype]))
-        pipe.sample_options(args.steps, args.guidance, args.weak_anchor)  # sampler flags fail before any work
+        pipe.sample_options(args.steps, args.guidance, args.weak_anchor,  # sampler flags fail before any work
+                            guidance_lr=args.guidance_lr, guidance_sem=args.guidance_sem)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2

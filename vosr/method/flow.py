@@ -298,8 +298,25 @@ def _uniform_steps(steps: int, who: str, progress: bool = False) -> Iterator[tup
     return iter(tqdm(pairs, desc=who, leave=False))
 
 
-def one_step(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor) -> Tensor:
-    """One-step student sample ``x0 = eps - u([lq, eps], t = 1, r = 0)`` (METHOD.md §5); no guidance.
+def omega_tensor(omega: Tensor | float | None, batch: int, device: torch.device | str) -> Tensor | None:
+    """A guidance value for a ``with_omega`` student as a (B,) float32 tensor; None stays None."""
+    if omega is None:
+        return None
+    if isinstance(omega, Tensor):
+        return omega.to(device=device, dtype=torch.float32).expand(batch) if omega.dim() == 0 else \
+            omega.to(device=device, dtype=torch.float32)
+    return torch.full((batch,), float(omega), device=device, dtype=torch.float32)
+
+
+def _with_omega(omega: Tensor | None) -> dict[str, Tensor]:
+    """``{"omega": omega}`` for a guidance-conditioned student, nothing for any other model."""
+    return {} if omega is None else {"omega": omega}
+
+
+def one_step(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor,
+             omega: Tensor | float | None = None) -> Tensor:
+    """One-step student sample ``x0 = eps - u([lq, eps], t = 1, r = 0)`` (METHOD.md §5); no guidance,
+    except through ``omega`` for a student distilled over ``distill.guidance_range``.
 
     Differentiable (the distillation's LPIPS term trains through it); ``sample_one_step`` is the
     no-grad version inference uses.
@@ -307,7 +324,8 @@ def one_step(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor) -> T
     batch = noise.shape[0]
     t = torch.ones(batch, device=noise.device)
     r = torch.zeros(batch, device=noise.device)
-    return noise - model(torch.cat([z_lq, noise], dim=1), t, sem, r).to(noise.dtype)
+    kw = _with_omega(omega_tensor(omega, batch, noise.device))
+    return noise - model(torch.cat([z_lq, noise], dim=1), t, sem, r, **kw).to(noise.dtype)
 
 
 sample_one_step = torch.no_grad()(one_step)
@@ -315,15 +333,17 @@ sample_one_step = torch.no_grad()(one_step)
 
 @torch.no_grad()
 def sample_student(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor, *, steps: int = 1,
-                   progress: bool = False) -> Tensor:
+                   progress: bool = False, omega: Tensor | float | None = None) -> Tensor:
     """Few-step student sample (METHOD.md §5): from ``noise`` at t = 1, chain the average velocity
-    ``x <- x - (t_k - t_{k+1}) u(x, t_k, t_{k+1})`` over ``steps`` uniform steps; no guidance.
+    ``x <- x - (t_k - t_{k+1}) u(x, t_k, t_{k+1})`` over ``steps`` uniform steps; no guidance, except
+    ``omega`` for a guidance-conditioned student.
 
     ``steps = 1`` is ``sample_one_step``. z_lq, noise: (B, C, H, W); returns (B, C, H, W).
     """
     x = noise
+    kw = _with_omega(omega_tensor(omega, noise.shape[0], noise.device))
     for t_k, t_next in _uniform_steps(steps, "sample_student", progress):
         t = torch.full((x.shape[0],), t_k, device=x.device, dtype=torch.float32)
         r = torch.full((x.shape[0],), t_next, device=x.device, dtype=torch.float32)
-        x = x - (t_k - t_next) * model(torch.cat([z_lq, x], dim=1), t, sem, r).to(x.dtype)
+        x = x - (t_k - t_next) * model(torch.cat([z_lq, x], dim=1), t, sem, r, **kw).to(x.dtype)
     return x
