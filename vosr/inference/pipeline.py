@@ -21,6 +21,7 @@ from vosr.config import RunConfig, apply_overrides, from_dict, load_run_config, 
 from vosr.images import resize_bicubic
 from vosr.inference.colorfix import apply_color_fix
 from vosr.inference.tiling import OnTiles, TiledDenoiser, TileGrid, make_grid, tiled_apply
+from vosr.method.distill import default_omega
 from vosr.method.flow import randn, sample_euler, sample_student
 from vosr.models.autoencoder import Autoencoder, build_autoencoder
 from vosr.models.dit import VOSRDiT, build_dit
@@ -260,11 +261,6 @@ class SRPipeline:
 def format_range(bounds: list[float]) -> str:
     """``[lo, hi]`` as users type it."""
     return f"[{bounds[0]:g}, {bounds[1]:g}]"
-
-
-def default_omega(guidance: float, bounds: list[float]) -> float:
-    """A guidance-conditioned student's default omega: ``distill.guidance`` inside the range, else its middle."""
-    return float(guidance) if bounds[0] <= guidance <= bounds[1] else (bounds[0] + bounds[1]) / 2
 
 
 def check_omega(omega: float, bounds: list[float]) -> None:
