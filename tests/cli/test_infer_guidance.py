@@ -71,3 +71,36 @@ def test_plain_student_unchanged_and_refuses_guidance(tmp_path, plain_student, i
     assert isinstance(_run(plain_student, image, tmp_path / "ok", "--device", "cpu"), np.ndarray)
     assert _run(plain_student, image, tmp_path / "g", "--device", "cpu", "--guidance", "0.5") == 2
     assert "fixed at distillation" in capsys.readouterr().err
+
+
+def test_guidance_sweep_writes_one_labelled_sheet(tmp_path, teacher, omega_student, plain_student, image, capsys):
+    from vosr.inference.sweep import parse_sweep, sharpness
+
+    assert parse_sweep("-0.5:1.5:5") == [-0.5, 0.0, 0.5, 1.0, 1.5]
+    with pytest.raises(ValueError, match="lo:hi:n"):
+        parse_sweep("1:2")
+    import torch
+
+    flat, edges = torch.full((1, 3, 16, 16), 0.5), torch.zeros(1, 3, 16, 16)
+    edges[..., ::2] = 1.0
+    assert sharpness(flat) == 0 and sharpness(edges) > 10
+    out = tmp_path / "sweep"
+    assert main(["-c", str(teacher), "-i", str(image), "-o", str(out), *FAST, "--guidance-sweep=-0.5:1.5:3"]) == 0
+    with Image.open(out / "a_sweep.png") as sheet:
+        assert sheet.width > 4 * 256  # bicubic + 3 panels
+    assert not (out / "a.png").exists()
+    assert main(["-c", str(teacher), "-i", str(image), "-o", str(tmp_path / "sem"), *FAST, "--guidance-lr", "1",
+                 "--guidance-sweep", "0:2:2"]) == 0
+    assert main(["-c", str(omega_student), "-i", str(image), "-o", str(tmp_path / "om"), "--device", "cpu",
+                 "--guidance-sweep=-0.5:1:3"]) == 0
+    assert (tmp_path / "om" / "a_sweep.png").is_file()
+    capsys.readouterr()
+    assert main(["-c", str(omega_student), "-i", str(image), "-o", str(tmp_path / "bad"), "--device", "cpu",
+                 "--guidance-sweep", "0:3:2"]) == 2
+    assert "[-0.5, 1]" in capsys.readouterr().err
+    assert main(["-c", str(plain_student), "-i", str(image), "-o", str(tmp_path / "p"), "--device", "cpu",
+                 "--guidance-sweep", "0:1:2"]) == 2
+    Image.open(image).save(image.parent / "b.png")
+    assert main(["-c", str(teacher), "-i", str(image.parent), "-o", str(tmp_path / "many"), *FAST,
+                 "--guidance-sweep", "0:1:2"]) == 2
+    assert "one image" in capsys.readouterr().err
