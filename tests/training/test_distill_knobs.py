@@ -71,3 +71,16 @@ def test_plain_student_has_no_omega(teacher_run, photo_shards, tmp_path):
     assert not any(k.startswith("omega_embedder.") for k in weights)
     assert GUIDANCE_RANGE_KEY not in read_metadata(run_dir / "ema.safetensors")
     assert "loss/gram" not in read_metrics(run_dir)[1]
+
+
+def test_teacher_validation_writes_the_guidance_grid_sheet(photo_shards, tmp_path):
+    run_dir = tmp_path / "teacher_grid"
+    args = ["--config", TINY, *tiny_overrides(photo_shards[0].parent, run_dir, "optim.max_steps=1",
+                                              "checkpoint.every_steps=1", "log.val_every=1",
+                                              f"data.val={photo_shards[0].parent}", "data.val_size=2",
+                                              "flow.sample_steps=2", "flow.val_guidance_grid=[[0.5,0.5],[0.5,1.5]]")]
+    assert train.main(args) == 0
+    sheets = list((run_dir / "val").glob("guidance_*.png"))
+    assert len(sheets) == 1
+    with Image.open(sheets[0]) as sheet:
+        assert sheet.width > 4 * 192  # bicubic | two pairs | HR, panels enlarged to 192 px
