@@ -12,8 +12,8 @@ from tests.export_helpers import tiny_config
 from vosr.config import RunConfig
 from vosr.method.distill import distill_loss
 from vosr.method.flow import flow_loss, sample_one_step
-from vosr.training.setup import FrozenParts, build_frozen_parts, build_model
 from vosr.models.weights import load_vosr_weights
+from vosr.training.setup import FrozenParts, build_frozen_parts, build_model
 from vosr.training.student import STUDENT_ONLY_KEYS, student_config
 
 CROP = 32

@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(generated detail; default --guidance)")
     p.add_argument("--guidance-sweep", default=None, metavar="LO:HI:N", help="on one image: N outputs with the "
                    "guidance from LO to HI on one labelled sheet <stem>_sweep.png (PSNR vs bicubic and sharpness "
-                   "under each); sweeps s, or s_lr / s_sem when the other is fixed, or a student's omega. A negative LO "
-                   "needs the = form: --guidance-sweep=-0.5:1.5:5")
+                   "under each); sweeps s, or s_lr / s_sem when the other is fixed, or a student's omega. A "
+                   "negative LO needs the = form: --guidance-sweep=-0.5:1.5:5")
     p.add_argument("--weak-anchor", type=float, default=None, help="weak-anchor w (default flow.weak_anchor)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same for every image)")
     p.add_argument("--color-fix", choices=COLOR_FIXES, default="adain",
