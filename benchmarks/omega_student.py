@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-steps", type=int, default=300)
     p.add_argument("--student-steps", type=int, default=300)
     p.add_argument("--euler-steps", type=int, default=8)
+    p.add_argument("--unshuffle", type=int, default=2, help="pixel space-to-depth factor (4 = the tests', noisier)")
     args = p.parse_args(argv)
     start = time.process_time()
-    cfg, parts = build(args.lo, args.hi)
+    cfg, parts = build(args.lo, args.hi, args.unshuffle)
     data = encode(parts, photo_crops(256, 0), 0)
     held = encode(parts, photo_crops(32, 99), 1)
     teacher = train_teacher(cfg, parts, data, args.teacher_steps)
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     save_export(args.out / "student.safetensors", student.state_dict(), cfg)
     save_export(args.out / "teacher.safetensors", teacher.state_dict(), cfg)
     summary = {"train_cpu_s": train_s, "teacher_steps": args.teacher_steps, "student_steps": args.student_steps,
+               "pixel_unshuffle": args.unshuffle,
                "held_out_crops": held.hr.shape[0], "rows": rows}
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"trained in {train_s:.1f} CPU-s; exports and summary.json in {args.out}")
