@@ -26,6 +26,8 @@ class ModelConfig:
     """Latent pixels per token side."""
     with_r: bool = False
     """Build the second time input ``r`` (the one-step student)."""
+    with_omega: bool = False
+    """Build the guidance input ``omega`` (a student distilled with distill.guidance_range)."""
     grad_checkpointing: bool = False
     """Recompute each block in backward (activation checkpointing) to save memory."""
     compile: bool = False
@@ -116,9 +118,17 @@ class FlowConfig:
     photos (the default) and 0.5 for screen content; 1 is the conditioned branch alone."""
     weak_anchor: float = 0.15
     """Weak-anchor weight w used by the sampler's weak branch (mid-range by default)."""
+    sem_drop_ratio: float = 0.0
+    """Fraction of the non-weak training samples that keep the noised LR latent but get zero semantic
+    tokens, so the teacher learns the LR-only branch v(lq, 0) of per-branch guidance; 0 = today's draws."""
+    val_guidance_grid: list[list[float]] = field(default_factory=list)
+    """Teacher validation: (s_lr, s_sem) pairs sampled into one labelled sheet (val/guidance_*.png); [] = off."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.cfg_ratio <= 1.0, f"flow.cfg_ratio must be in [0, 1], got {self.cfg_ratio}")
+        _check(0.0 <= self.sem_drop_ratio <= 1.0, f"flow.sem_drop_ratio must be in [0, 1], got {self.sem_drop_ratio}")
+        _check(all(len(pair) == 2 for pair in self.val_guidance_grid),
+               "flow.val_guidance_grid must be a list of [s_lr, s_sem] pairs")
         _check(0.0 <= self.weak_min <= self.weak_max <= 1.0,
                "flow.weak_min <= flow.weak_max must both lie in [0, 1]")
         _check(self.sample_steps >= 1, "flow.sample_steps must be >= 1")
@@ -149,9 +159,24 @@ class DistillConfig:
     """RCGM correction is clamped to [-c, c]."""
     lpips_weight: float = 0.0
     """Optional LPIPS term on the one-step decode (0 = off)."""
+    guidance_range: list[float] | None = None
+    """[lo, hi]: draw omega per sample from U[lo, hi] and give it to the student (its omega embedder), so
+    its guidance stays live at inference (``vosr.infer --guidance`` inside the range); None = the fixed
+    ``distill.guidance`` (the reference student)."""
+    gram_weight: float = 0.0
+    """Gram-matrix texture loss between the one-step decode and the HQ image in the frozen semantic
+    encoder's token features (0 = off)."""
+    gram_blocks: list[int] = field(default_factory=list)
+    """Encoder blocks whose token features enter the Gram loss (each <= semantic.block_index); [] = the
+    block the tokens come from (semantic.block_index)."""
 
     def __post_init__(self) -> None:
         _check(self.delta > 0, "distill.delta must be > 0")
+        _check(self.gram_weight >= 0, "distill.gram_weight must be >= 0 (0 = off)")
+        _check(all(b >= 0 for b in self.gram_blocks), "distill.gram_blocks must be block indices >= 0")
+        _check(self.guidance_range is None or (len(self.guidance_range) == 2
+                                               and self.guidance_range[0] < self.guidance_range[1]),
+               f"distill.guidance_range must be [lo, hi] with lo < hi, got {self.guidance_range}")
         _check(self.num_substeps >= 1, "distill.num_substeps must be >= 1")
         _check(self.lpips_weight >= 0, "distill.lpips_weight must be >= 0 (0 = off)")
         _check((self.guidance_t_start is None) == (self.guidance_t_end is None),
@@ -321,3 +346,8 @@ class RunConfig:
                "distill.teacher is required for stage=distill (the teacher's ema.safetensors)")
         _check(self.data.scale == self.degradation.scale,
                f"data.scale={self.data.scale} differs from degradation.scale={self.degradation.scale}")
+        _check(self.distill.gram_weight == 0 or self.semantic.kind != "none",
+               "distill.gram_weight > 0 needs the semantic encoder (semantic.kind is none)")
+        _check(all(b <= self.semantic.block_index for b in self.distill.gram_blocks),
+               f"distill.gram_blocks={self.distill.gram_blocks} must be <= semantic.block_index="
+               f"{self.semantic.block_index} (the encoder is cut after that block)")

@@ -192,3 +192,35 @@ def comparison_sheet(rows: list[SheetRow], path: str | Path, title: str = "", sc
     sheet.save(path)
     logger.info("comparison sheet with %d rows: %s", len(rows), path)
     return path
+
+
+def sweep_sheet(panels: list[tuple[str, np.ndarray, list[str]]], path: str | Path, title: str = "",
+                panel: int = 256, gap: int = 8, per_row: int = 6) -> Path:
+    """One labelled sheet of ``(label, (H, W, 3) uint8 image, caption lines)`` panels, ``per_row`` a row (PNG)."""
+    if not panels:
+        raise ValueError("sweep sheet needs at least one panel")
+    big, small = _font(18), _font(13)
+    line_h = 17
+    cols = min(per_row, len(panels))
+    rows = -(-len(panels) // cols)
+    caption_h = line_h * max(1, max(len(c) for _, _, c in panels))
+    cell_h = 20 + panel + 4 + caption_h + gap
+    width = gap + cols * (panel + gap)
+    top = 34
+    sheet = Image.new("RGB", (width, top + rows * cell_h), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((gap, 8), _fit_text(draw, title, big, width - 2 * gap), fill=(0, 0, 0), font=big)
+    for i, (label, img, caption) in enumerate(panels):
+        x, y = gap + (i % cols) * (panel + gap), top + (i // cols) * cell_h
+        draw.text((x + panel / 2, y), _fit_text(draw, label, small, panel), fill=(30, 30, 160), font=small, anchor="mt")
+        zoom = max(1, panel // max(img.shape[:2]))  # small outputs: enlarged pixel for pixel first
+        shown = Image.fromarray(img).resize((img.shape[1] * zoom, img.shape[0] * zoom), Image.Resampling.NEAREST)
+        sheet.paste(_letterbox(shown, panel), (x, y + 20))
+        for k, text in enumerate(caption):
+            draw.text((x, y + 20 + panel + 4 + k * line_h), _fit_text(draw, text, small, panel), fill=(0, 0, 0),
+                      font=small)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    logger.info("sweep sheet with %d panels: %s", len(panels), path)
+    return path

@@ -41,7 +41,8 @@ def upscale_file(pipe: SRPipeline, src: Path, dst: Path, args: argparse.Namespac
     tiles = TileOptions(tile=args.tile, overlap=args.overlap, ae_tile=args.tile, ae_overlap=args.overlap,
                         batch=args.batch)
     out = pipe.upscale(to_tensor(image.rgb), steps=args.steps, guidance=args.guidance, weak_anchor=args.weak_anchor,
-                       seed=args.seed, tiles=tiles, color_fix=args.color_fix, scale=args.scale, progress=src.name)
+                       seed=args.seed, tiles=tiles, color_fix=args.color_fix, scale=args.scale, progress=src.name,
+                       guidance_lr=getattr(args, "guidance_lr", None), guidance_sem=getattr(args, "guidance_sem", None))
     rgb = to_uint8(out)
     alpha = None if image.alpha is None else resize_alpha(image.alpha, rgb.shape[:2])
     save_image(dst, rgb, alpha)

@@ -21,12 +21,13 @@ from vosr.config import RunConfig, apply_overrides, from_dict, load_run_config, 
 from vosr.images import resize_bicubic
 from vosr.inference.colorfix import apply_color_fix
 from vosr.inference.tiling import OnTiles, TiledDenoiser, TileGrid, make_grid, tiled_apply
+from vosr.method.distill import default_omega
 from vosr.method.flow import randn, sample_euler, sample_student
 from vosr.models.autoencoder import Autoencoder, build_autoencoder
 from vosr.models.dit import VOSRDiT, build_dit
 from vosr.models.semantic import SemanticEncoder, build_semantic_encoder
 from vosr.models.weights import load_vosr_weights, read_state_dict
-from vosr.training.export import export_file, load_export
+from vosr.training.export import OMEGA_EMBEDDER_PREFIX, export_file, load_export, read_guidance_range
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,12 @@ class SampleOptions:
     """A distilled student (chain of average velocities, no guidance) rather than the guided teacher."""
     steps: int
     guidance: float | None
+    """Teacher: the guidance s, or the LR branch's s_lr when ``guidance_sem`` is set."""
     weak_anchor: float | None
+    guidance_sem: float | None = None
+    """Teacher: the semantic branch's s_sem when it differs from ``guidance`` (per-branch guidance)."""
+    omega: float | None = None
+    """Guidance-conditioned student: the omega it samples at (inside its distilled range)."""
 
 
 class SRPipeline:
@@ -84,26 +90,52 @@ class SRPipeline:
         """Upscaled images are padded to a multiple of this (autoencoder downsampling x patch size)."""
         return self.autoencoder.downsample * self.model.cfg.patch_size
 
-    def sample_options(self, steps: int | None, guidance: float | None, weak_anchor: float | None) -> SampleOptions:
+    @property
+    def guidance_range(self) -> list[float] | None:
+        """``[lo, hi]`` of a guidance-conditioned student (``distill.guidance_range`` of its weights), else None."""
+        if not getattr(self.model.cfg, "with_omega", False):
+            return None
+        return self.config.distill.guidance_range
+
+    def sample_options(self, steps: int | None, guidance: float | None, weak_anchor: float | None, *,
+                       guidance_lr: float | None = None, guidance_sem: float | None = None) -> SampleOptions:
         """A student (a model with the ``r`` input) samples in ``steps`` (default 1) average-velocity steps
         without guidance, as the reference does; a teacher runs guided Euler (default flow.sample_steps).
 
-        Raises ValueError for guidance or a weak anchor given to a student: its guidance was fixed when it
-        was distilled (``distill.guidance``), so the knob would silently do nothing.
+        A teacher's ``guidance_lr`` / ``guidance_sem`` override ``guidance`` (default flow.guidance) per
+        branch. A guidance-conditioned student takes ``guidance`` as its omega, inside the range stored in
+        its weights (default distill.guidance, or the range's middle when that lies outside).
+        Raises ValueError for a knob the model cannot honour (it would silently do nothing), or an omega
+        outside the stored range.
         """
         flow = self.config.flow
         student = self.model.cfg.with_r
-        if student and (guidance is not None or weak_anchor is not None):
+        if student and (guidance_lr is not None or guidance_sem is not None):
+            raise ValueError("--guidance-lr/--guidance-sem apply to multi-step teachers only (per-branch guidance); "
+                             "this is a distilled student")
+        omega_range = self.guidance_range if student else None
+        if student and omega_range is not None:
+            if weak_anchor is not None:
+                raise ValueError("--weak-anchor applies to multi-step teachers only; this student takes --guidance "
+                                 f"in its distilled range {format_range(omega_range)}")
+            omega = guidance if guidance is not None else default_omega(self.config.distill.guidance, omega_range)
+            check_omega(omega, omega_range)
+        elif student and (guidance is not None or weak_anchor is not None):
             raise ValueError(f"this is a distilled student: its guidance was fixed at distillation "
                              f"(distill.guidance={self.config.distill.guidance}); --guidance/--weak-anchor apply to "
-                             "multi-step teachers only")
+                             "multi-step teachers and to students distilled with distill.guidance_range only")
         steps = steps if steps is not None else (1 if student else flow.sample_steps)
         if steps < 1:
             raise ValueError(f"steps={steps} must be >= 1 (--steps / flow.sample_steps)")
         if student:
-            return SampleOptions(student=True, steps=steps, guidance=None, weak_anchor=None)
-        return SampleOptions(student=False, steps=steps, guidance=flow.guidance if guidance is None else guidance,
-                             weak_anchor=flow.weak_anchor if weak_anchor is None else weak_anchor)
+            return SampleOptions(student=True, steps=steps, guidance=None, weak_anchor=None,
+                                 omega=None if omega_range is None else float(omega))
+        base = flow.guidance if guidance is None else guidance
+        s_lr = base if guidance_lr is None else guidance_lr
+        s_sem = base if guidance_sem is None else guidance_sem
+        return SampleOptions(student=False, steps=steps, guidance=s_lr,
+                             weak_anchor=flow.weak_anchor if weak_anchor is None else weak_anchor,
+                             guidance_sem=None if s_sem == s_lr else s_sem)
 
     def prepare(self, lr01: Tensor, scale: float | None = None) -> Tensor:
         """LR (B, 3, h, w) in [0, 1] -> (B, 3, h*s, w*s) upsampled by PIL's bicubic in 8 bits, as the reference."""
@@ -116,7 +148,8 @@ class SRPipeline:
     @torch.no_grad()
     def upscale(self, lr01: Tensor, *, steps: int | None = None, guidance: float | None = None,
                 weak_anchor: float | None = None, seed: int = 0, tiles: TileOptions | None = None,
-                color_fix: str = "adain", scale: float | None = None, progress: bool | str = False) -> Tensor:
+                color_fix: str = "adain", scale: float | None = None, progress: bool | str = False,
+                guidance_lr: float | None = None, guidance_sem: float | None = None) -> Tensor:
         """Super-resolve ``lr01`` (B, 3, h, w) in [0, 1] -> (B, 3, h*s, w*s) in [0, 1] (float32, CPU).
 
         ``seed`` fixes the noise field (drawn once at full size on the CPU, so results do not
@@ -124,7 +157,7 @@ class SRPipeline:
         ``progress`` (True, or the bar's label) shows one bar over the tiles of every stage and step.
         """
         tiles = tiles or TileOptions()
-        opts = self.sample_options(steps, guidance, weak_anchor)
+        opts = self.sample_options(steps, guidance, weak_anchor, guidance_lr=guidance_lr, guidance_sem=guidance_sem)
         lr_up = self.prepare(lr01, scale)  # (B, 3, H, W)
         height, width = lr_up.shape[-2:]
         padded = pad_to_multiple(lr_up, self.multiple)
@@ -136,10 +169,10 @@ class SRPipeline:
         noise = randn(tuple(z_lq.shape), generator, self.device).to(self.dtype)
         denoiser = TiledDenoiser(self.model, grid, tiles.batch, on_tiles=bar.update)
         if opts.student:
-            z_hq = sample_student(denoiser, z_lq, sem, noise, steps=opts.steps)
+            z_hq = sample_student(denoiser, z_lq, sem, noise, steps=opts.steps, omega=opts.omega)
         else:
             z_hq = sample_euler(denoiser, z_lq, sem, noise, steps=opts.steps, guidance=opts.guidance,
-                                weak_anchor=opts.weak_anchor)
+                                weak_anchor=opts.weak_anchor, guidance_sem=opts.guidance_sem)
         out = self.decode(z_hq.float(), tiles, bar.update)[..., :height, :width].clamp(0, 1)
         bar.close()
         return apply_color_fix(out, lr_up, color_fix).float().cpu()
@@ -225,6 +258,18 @@ class SRPipeline:
         return tile, min(overlap_px // d, tile - 1)
 
 
+def format_range(bounds: list[float]) -> str:
+    """``[lo, hi]`` as users type it."""
+    return f"[{bounds[0]:g}, {bounds[1]:g}]"
+
+
+def check_omega(omega: float, bounds: list[float]) -> None:
+    """ValueError naming the stored range when ``omega`` lies outside it."""
+    if not bounds[0] <= omega <= bounds[1]:
+        raise ValueError(f"--guidance {omega:g} is outside {format_range(bounds)}, the guidance range this student "
+                         "was distilled over (distill.guidance_range, stored in its weights)")
+
+
 def pad_to_multiple(img: Tensor, multiple: int) -> Tensor:
     """Pad (B, C, H, W) on the bottom/right to multiples of ``multiple`` (reflect, replicate if too small)."""
     h, w = img.shape[-2:]
@@ -265,6 +310,23 @@ def read_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Tensor], RunConfi
     return read_state_dict(path), None
 
 
+def _with_stored_guidance_range(cfg: RunConfig, state: dict[str, Tensor], checkpoint: str | Path) -> RunConfig:
+    """Follow the weights: ``model.with_omega`` when they have an ``omega_embedder``, and the omega range
+    stored in the export's metadata (over whatever a --config says)."""
+    has_omega = any(k.startswith(OMEGA_EMBEDDER_PREFIX) for k in state)
+    path = Path(checkpoint).expanduser()
+    path = export_file(path) if path.is_dir() else path
+    stored = read_guidance_range(path) if has_omega and path.suffix == ".safetensors" else None
+    bounds = stored if stored is not None else cfg.distill.guidance_range
+    if has_omega and bounds is None:
+        raise ValueError(f"checkpoint {checkpoint} has a guidance input (omega_embedder) but no guidance range; "
+                         "pass --set distill.guidance_range=[lo,hi] as it was distilled")
+    if has_omega == cfg.model.with_omega and bounds == cfg.distill.guidance_range:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, with_omega=has_omega),
+                               distill=dataclasses.replace(cfg.distill, guidance_range=bounds))
+
+
 def load_pipeline(checkpoint: str | Path, *, config: str | None = None, overrides: tuple[str, ...] | list[str] = (),
                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SRPipeline:
     """Build the full pipeline from ``checkpoint`` (an export, or released weights + ``config``)."""
@@ -275,6 +337,7 @@ def load_pipeline(checkpoint: str | Path, *, config: str | None = None, override
         logger.warning("checkpoint %s r_embedder weights; using model.with_r=%s (config said %s)",
                        "has" if has_r else "lacks", has_r, cfg.model.with_r)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, with_r=has_r))
+    cfg = _with_stored_guidance_range(cfg, state, checkpoint)
     autoencoder = build_autoencoder(cfg.autoencoder)
     semantic = build_semantic_encoder(cfg.semantic)
     model = build_dit(cfg.model, latent_channels=autoencoder.latent_channels,

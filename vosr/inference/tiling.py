@@ -148,7 +148,8 @@ class TiledDenoiser:
         self.batch = batch
         self.on_tiles = on_tiles
 
-    def __call__(self, x: Tensor, t: Tensor, sem: Tensor | None, r: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, t: Tensor, sem: Tensor | None, r: Tensor | None = None, *,
+                 omega: Tensor | None = None) -> Tensor:
         if sem is not None and sem.shape[1] != len(self.grid):
             raise ValueError(f"per-tile semantic tokens have {sem.shape[1]} tiles, the grid {len(self.grid)}")
 
@@ -156,6 +157,8 @@ class TiledDenoiser:
             k = len(idx)
             tile_sem = None if sem is None else sem[:, idx].transpose(0, 1).flatten(0, 1)  # (k*B, N, D)
             tile_r = None if r is None else r.repeat(k)
+            if omega is not None:  # a guidance-conditioned student (B,) -> (k*B,)
+                return self.model(tiles, t.repeat(k), tile_sem, tile_r, omega=omega.repeat(k))
             return self.model(tiles, t.repeat(k), tile_sem, tile_r)
 
         return tiled_apply(run, x, self.grid, scale=1.0, batch=self.batch, on_tiles=self.on_tiles)

@@ -8,6 +8,7 @@ frozen teacher is called with ``r = None``. Path convention of ``vosr.method.flo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -47,9 +48,10 @@ def sample_t_r(batch: int, generator: torch.Generator | None,
     return t, t * (1 - draws[2])
 
 
-def guidance_scale(t: Tensor, cfg: DistillConfig) -> Tensor:
-    """Per-sample omega (B,): ``cfg.guidance`` inside ``[guidance_t_start, guidance_t_end]``, 1 outside."""
-    omega = torch.full_like(t, cfg.guidance, dtype=torch.float32)
+def guidance_scale(t: Tensor, cfg: DistillConfig, omega: Tensor | None = None) -> Tensor:
+    """Per-sample omega (B,): ``cfg.guidance`` (or the drawn ``omega`` (B,) of a guidance-conditioned
+    student) inside ``[guidance_t_start, guidance_t_end]``, 1 outside."""
+    omega = torch.full_like(t, cfg.guidance, dtype=torch.float32) if omega is None else omega.float()
     if cfg.guidance_t_start is None or cfg.guidance_t_end is None:
         return omega
     inside = (t >= cfg.guidance_t_start) & (t <= cfg.guidance_t_end)
@@ -58,15 +60,16 @@ def guidance_scale(t: Tensor, cfg: DistillConfig) -> Tensor:
 
 @torch.no_grad()
 def guided_teacher_velocity(teacher: Model, x_t: Tensor, t: Tensor, lq_noised: Tensor, lq_weak: Tensor,
-                            sem: Tensor | None, cfg: DistillConfig) -> Tensor:
+                            sem: Tensor | None, cfg: DistillConfig, omega: Tensor | None = None) -> Tensor:
     """Guided teacher velocity ``v* = v_T(lq_weak, 0) + omega (v_T(lq_noised, sem) - v_T(lq_weak, 0))``.
 
-    Both branches at ``(x_t, t)`` in one teacher forward of 2B. x_t, lq_*: (B, C, H, W); t: (B,).
+    Both branches at ``(x_t, t)`` in one teacher forward of 2B. x_t, lq_*: (B, C, H, W); t: (B,);
+    ``omega`` (B,) per-sample guidance (``distill.guidance_range``), None = ``cfg.guidance``.
     """
     x_in = torch.cat([torch.cat([lq_weak, x_t], dim=1), torch.cat([lq_noised, x_t], dim=1)])  # (2B, 2C, H, W)
     sem_in = None if sem is None else torch.cat([torch.zeros_like(sem), sem])  # (2B, N, D)
     v_weak, v_cond = teacher(x_in, torch.cat([t, t]), sem_in, None).to(x_t.dtype).chunk(2)
-    return v_weak + per_sample(guidance_scale(t, cfg), x_t) * (v_cond - v_weak)
+    return v_weak + per_sample(guidance_scale(t, cfg, omega), x_t) * (v_cond - v_weak)
 
 
 @torch.no_grad()
@@ -127,14 +130,32 @@ class DistillDraws:
     """(B, C, H, W) the noise end of the path."""
     conditions: ConditionDraws
     """Condition noise and weak flags; ``w`` is the fixed ``distill.weak_anchor``."""
+    omega: Tensor | None = None
+    """(B,) guidance per sample, drawn from ``distill.guidance_range`` (None without one)."""
+
+
+def draw_omega(batch: int, bounds: list[float], generator: torch.Generator | None,
+               device: torch.device | str) -> Tensor:
+    """Per-sample guidance (B,) from ``U[lo, hi]`` (``distill.guidance_range``)."""
+    lo, hi = float(bounds[0]), float(bounds[1])
+    return lo + (hi - lo) * rand((batch,), generator, device)
+
+
+def default_omega(guidance: float, bounds: list[float]) -> float:
+    """A guidance-conditioned student's default omega: ``distill.guidance`` inside the range, else its middle."""
+    return float(guidance) if bounds[0] <= guidance <= bounds[1] else (bounds[0] + bounds[1]) / 2
 
 
 def draw_distill(z_hq: Tensor, flow_cfg: FlowConfig, cfg: DistillConfig,
                  generator: torch.Generator | None) -> DistillDraws:
-    """Draw (t, r), eps and the conditioning draws for a distillation loss on ``z_hq`` (B, C, H, W)."""
+    """Draw (t, r), eps and the conditioning draws for a distillation loss on ``z_hq`` (B, C, H, W);
+    then omega, only with ``cfg.guidance_range`` (so the other draws stay those of a plain student)."""
     t, r = sample_t_r(z_hq.shape[0], generator, z_hq.device)
     eps = randn(tuple(z_hq.shape), generator, z_hq.device).to(z_hq.dtype)
-    return DistillDraws(t=t, r=r, eps=eps, conditions=draw_conditions(z_hq, flow_cfg, generator, w=cfg.weak_anchor))
+    conditions = draw_conditions(z_hq, flow_cfg, generator, w=cfg.weak_anchor, sem_drop=False)
+    omega = None if cfg.guidance_range is None else draw_omega(z_hq.shape[0], cfg.guidance_range, generator,
+                                                               z_hq.device)
+    return DistillDraws(t=t, r=r, eps=eps, conditions=conditions, omega=omega)
 
 
 def distill_loss(student: Model, teacher: Model, z_hq: Tensor, z_lq: Tensor, sem: Tensor | None,
@@ -158,12 +179,16 @@ def distill_loss(student: Model, teacher: Model, z_hq: Tensor, z_lq: Tensor, sem
     lq_noised = spherical_noise(z_lq, draws.conditions.keep, draws.conditions.noise)
     lq_weak = weak_anchor(z_lq, cfg.weak_anchor)
     mixed = apply_conditions(z_lq, sem, draws.conditions)
-    v_star = guided_teacher_velocity(teacher, x_t, t, lq_noised, lq_weak, sem, cfg)
+    omega = draws.omega
+    v_star = guided_teacher_velocity(teacher, x_t, t, lq_noised, lq_weak, sem, cfg, omega)
 
     # u(x_t, t, t) and u(x_t, t, r) in one student forward of 2B.
     sem_2 = None if mixed.sem is None else torch.cat([mixed.sem, mixed.sem])
     x_in = torch.cat([mixed.cond, x_t], dim=1)
-    u_tt, u_tr = student(torch.cat([x_in, x_in]), torch.cat([t, t]), sem_2, torch.cat([t, r])).chunk(2)
+    omega_kw = {} if omega is None else {"omega": torch.cat([omega, omega])}
+    u_tt, u_tr = student(torch.cat([x_in, x_in]), torch.cat([t, t]), sem_2, torch.cat([t, r]), **omega_kw).chunk(2)
+    if omega is not None:  # every student call of the targets sees the same per-sample omega
+        student = partial(student, omega=omega)
     if cfg.objective == "rcgm":
         _, target = rcgm_target(student, x_t, t, r, v_star, mixed.cond, mixed.sem, delta=cfg.delta,
                                 num_substeps=cfg.num_substeps, clamp=cfg.correction_clamp, u=u_tr.detach())

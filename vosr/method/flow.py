@@ -87,14 +87,18 @@ class ConditionDraws:
     """(B,) bool: which samples get the weak anchor."""
     w: Tensor
     """(B,) weak-anchor weight of each sample."""
+    sem_drop: Tensor | None = None
+    """(B,) bool: which non-weak samples keep the noised LQ but get zero tokens (``flow.sem_drop_ratio``);
+    None when that ratio is 0 (nothing drawn, so the other draws stay those of older runs)."""
 
 
 def draw_conditions(lq: Tensor, cfg: FlowConfig, generator: torch.Generator | None,
-                    w: float | None = None) -> ConditionDraws:
+                    w: float | None = None, *, sem_drop: bool = True) -> ConditionDraws:
     """Draw ``a = sigmoid(N(mean, std))``, ``n``, the weak flags (``cfg.cfg_ratio``) and ``w``.
 
     ``w`` is drawn per sample from ``U[weak_min, weak_max]`` unless a fixed value is given (the
-    distillation's). lq: (B, C, H, W); the draw order is a, n, weak, w.
+    distillation's). lq: (B, C, H, W); the draw order is a, n, weak, w, then the semantic-drop
+    flags only when ``cfg.sem_drop_ratio > 0`` and ``sem_drop`` (the distillation passes False).
     """
     batch = lq.shape[0]
     keep = torch.sigmoid(cfg.cond_noise_mean + cfg.cond_noise_std * randn((batch,), generator, lq.device))
@@ -104,7 +108,10 @@ def draw_conditions(lq: Tensor, cfg: FlowConfig, generator: torch.Generator | No
         w_b = cfg.weak_min + (cfg.weak_max - cfg.weak_min) * rand((batch,), generator, lq.device)
     else:
         w_b = torch.full((batch,), float(w), device=lq.device)
-    return ConditionDraws(keep=keep, noise=noise, weak=weak, w=w_b)
+    drop = None
+    if sem_drop and cfg.sem_drop_ratio > 0:
+        drop = (rand((batch,), generator, lq.device) < cfg.sem_drop_ratio) & ~weak  # (B,) bool
+    return ConditionDraws(keep=keep, noise=noise, weak=weak, w=w_b, sem_drop=drop)
 
 
 def spherical_noise(lq: Tensor, keep: Tensor, noise: Tensor) -> Tensor:
@@ -139,8 +146,12 @@ def mix_conditions(cond: Tensor, weak_cond: Tensor, sem: Tensor | None, weak: Te
 
 
 def apply_conditions(lq: Tensor, sem: Tensor | None, draws: ConditionDraws) -> Conditions:
-    """Partial conditioning from given draws: spherical-noised ``lq`` with ``sem``, or ``w lq`` and zeros."""
-    return mix_conditions(spherical_noise(lq, draws.keep, draws.noise), weak_anchor(lq, draws.w), sem, draws.weak)
+    """Partial conditioning from given draws: spherical-noised ``lq`` with ``sem``, or ``w lq`` and zeros;
+    samples flagged in ``draws.sem_drop`` keep the noised ``lq`` with zero tokens."""
+    mixed = mix_conditions(spherical_noise(lq, draws.keep, draws.noise), weak_anchor(lq, draws.w), sem, draws.weak)
+    if draws.sem_drop is not None and mixed.sem is not None:
+        mixed.sem = torch.where(per_sample(draws.sem_drop, mixed.sem).bool(), torch.zeros_like(mixed.sem), mixed.sem)
+    return mixed
 
 
 def partial_condition(lq: Tensor, sem: Tensor | None, cfg: FlowConfig,
@@ -188,8 +199,11 @@ def flow_loss(model: Model, z_hq: Tensor, z_lq: Tensor, sem: Tensor | None, cfg:
     conds = apply_conditions(z_lq, sem, draws.conditions)
     v_pred = model(torch.cat([conds.cond, x_t], dim=1), draws.t, conds.sem, None)  # (B, C, H, W)
     loss = (v_pred.float() - target.float()).pow(2).mean()
-    values = torch.stack([loss.detach(), conds.weak.float().mean()]).tolist()  # one device sync
-    return loss, {"loss/flow": values[0], "flow/weak_fraction": values[1]}
+    if draws.conditions.sem_drop is None:
+        values = torch.stack([loss.detach(), conds.weak.float().mean()]).tolist()  # one device sync
+        return loss, {"loss/flow": values[0], "flow/weak_fraction": values[1]}
+    values = torch.stack([loss.detach(), conds.weak.float().mean(), draws.conditions.sem_drop.float().mean()]).tolist()
+    return loss, {"loss/flow": values[0], "flow/weak_fraction": values[1], "flow/sem_drop_fraction": values[2]}
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -213,17 +227,60 @@ def guided_velocity(model: Model, x_t: Tensor, t: Tensor, z_lq: Tensor, sem: Ten
     return v_weak + guidance * (v_cond - v_weak)
 
 
+def combine_branches(v_weak: Tensor, v_lr: Tensor, v_full: Tensor, guidance_lr: float | Tensor,
+                     guidance_sem: float | Tensor) -> Tensor:
+    """Per-branch guidance ``v_weak + s_lr (v_lr - v_weak) + s_sem (v_full - v_lr)``.
+
+    ``v_weak``: weak anchor, zero tokens; ``v_lr``: clean LQ, zero tokens; ``v_full``: clean LQ and tokens;
+    all (B, C, H, W). ``s_lr`` scales the pull towards the LQ image, ``s_sem`` the semantic detail on top;
+    ``s_lr == s_sem == s`` is ``v_weak + s (v_full - v_weak)``, the single-knob guidance.
+    """
+    return v_weak + guidance_lr * (v_lr - v_weak) + guidance_sem * (v_full - v_lr)
+
+
+def three_branch_velocity(model: Model, x_t: Tensor, t: Tensor, z_lq: Tensor, sem: Tensor | None, *,
+                          guidance_lr: float, guidance_sem: float, weak_anchor: float) -> Tensor:
+    """``combine_branches`` of the weak, LQ-only and full branches at ``(x_t, t)`` in one forward of 3B.
+
+    x_t, z_lq: (B, C, H, W); t: (B,); sem: (B, N, D) or None (then the LQ-only and full branches are one).
+    """
+    weak_cond = z_lq * weak_anchor
+    zeros = zero_semantic(sem)
+    x_in = torch.cat([torch.cat([weak_cond, x_t], dim=1), torch.cat([z_lq, x_t], dim=1),
+                      torch.cat([z_lq, x_t], dim=1)])  # (3B, 2C, H, W)
+    sem_in = None if sem is None else torch.cat([zeros, zeros, sem])  # (3B, N, D)
+    v_weak, v_lr, v_full = model(x_in, torch.cat([t, t, t]), sem_in, None).chunk(3)
+    return combine_branches(v_weak, v_lr, v_full, guidance_lr, guidance_sem)
+
+
+@torch.no_grad()
+def branch_guided_velocity(model: Model, x_t: Tensor, t: Tensor, z_lq: Tensor, sem: Tensor | None, *,
+                           guidance: float, weak_anchor: float, guidance_sem: float | None = None) -> Tensor:
+    """Teacher velocity with per-branch guidance (``guidance`` is ``s_lr``; ``guidance_sem`` None = same).
+
+    Equal scales (or no semantic tokens) take ``guided_velocity``, bit for bit today's sampler; otherwise
+    ``three_branch_velocity`` in one forward of 3B.
+    """
+    if guidance_sem is None or guidance_sem == guidance or sem is None:
+        return guided_velocity(model, x_t, t, z_lq, sem, guidance=guidance, weak_anchor=weak_anchor)
+    return three_branch_velocity(model, x_t, t, z_lq, sem, guidance_lr=guidance, guidance_sem=guidance_sem,
+                                 weak_anchor=weak_anchor)
+
+
 @torch.no_grad()
 def sample_euler(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor, *, steps: int,
-                 guidance: float, weak_anchor: float, progress: bool = False) -> Tensor:
+                 guidance: float, weak_anchor: float, progress: bool = False,
+                 guidance_sem: float | None = None) -> Tensor:
     """Euler ODE solve from ``noise`` at t = 1 to a clean latent at t = 0 in ``steps`` uniform steps.
 
-    z_lq, noise: (B, C, H, W); returns (B, C, H, W) in ``noise``'s dtype.
+    ``guidance`` is the single knob ``s`` or, with ``guidance_sem`` given, the LQ branch's ``s_lr``
+    (``branch_guided_velocity``). z_lq, noise: (B, C, H, W); returns (B, C, H, W) in ``noise``'s dtype.
     """
     x = noise
     for t_k, t_next in _uniform_steps(steps, "sample_euler", progress):
         t = torch.full((x.shape[0],), t_k, device=x.device, dtype=torch.float32)
-        v = guided_velocity(model, x, t, z_lq, sem, guidance=guidance, weak_anchor=weak_anchor)
+        v = branch_guided_velocity(model, x, t, z_lq, sem, guidance=guidance, weak_anchor=weak_anchor,
+                                   guidance_sem=guidance_sem)
         x = x - (t_k - t_next) * v.to(x.dtype)
     return x
 
@@ -241,8 +298,25 @@ def _uniform_steps(steps: int, who: str, progress: bool = False) -> Iterator[tup
     return iter(tqdm(pairs, desc=who, leave=False))
 
 
-def one_step(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor) -> Tensor:
-    """One-step student sample ``x0 = eps - u([lq, eps], t = 1, r = 0)`` (METHOD.md §5); no guidance.
+def omega_tensor(omega: Tensor | float | None, batch: int, device: torch.device | str) -> Tensor | None:
+    """A guidance value for a ``with_omega`` student as a (B,) float32 tensor; None stays None."""
+    if omega is None:
+        return None
+    if isinstance(omega, Tensor):
+        return omega.to(device=device, dtype=torch.float32).expand(batch) if omega.dim() == 0 else \
+            omega.to(device=device, dtype=torch.float32)
+    return torch.full((batch,), float(omega), device=device, dtype=torch.float32)
+
+
+def _with_omega(omega: Tensor | None) -> dict[str, Tensor]:
+    """``{"omega": omega}`` for a guidance-conditioned student, nothing for any other model."""
+    return {} if omega is None else {"omega": omega}
+
+
+def one_step(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor,
+             omega: Tensor | float | None = None) -> Tensor:
+    """One-step student sample ``x0 = eps - u([lq, eps], t = 1, r = 0)`` (METHOD.md §5); no guidance,
+    except through ``omega`` for a student distilled over ``distill.guidance_range``.
 
     Differentiable (the distillation's LPIPS term trains through it); ``sample_one_step`` is the
     no-grad version inference uses.
@@ -250,7 +324,8 @@ def one_step(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor) -> T
     batch = noise.shape[0]
     t = torch.ones(batch, device=noise.device)
     r = torch.zeros(batch, device=noise.device)
-    return noise - model(torch.cat([z_lq, noise], dim=1), t, sem, r).to(noise.dtype)
+    kw = _with_omega(omega_tensor(omega, batch, noise.device))
+    return noise - model(torch.cat([z_lq, noise], dim=1), t, sem, r, **kw).to(noise.dtype)
 
 
 sample_one_step = torch.no_grad()(one_step)
@@ -258,15 +333,17 @@ sample_one_step = torch.no_grad()(one_step)
 
 @torch.no_grad()
 def sample_student(model: Model, z_lq: Tensor, sem: Tensor | None, noise: Tensor, *, steps: int = 1,
-                   progress: bool = False) -> Tensor:
+                   progress: bool = False, omega: Tensor | float | None = None) -> Tensor:
     """Few-step student sample (METHOD.md §5): from ``noise`` at t = 1, chain the average velocity
-    ``x <- x - (t_k - t_{k+1}) u(x, t_k, t_{k+1})`` over ``steps`` uniform steps; no guidance.
+    ``x <- x - (t_k - t_{k+1}) u(x, t_k, t_{k+1})`` over ``steps`` uniform steps; no guidance, except
+    ``omega`` for a guidance-conditioned student.
 
     ``steps = 1`` is ``sample_one_step``. z_lq, noise: (B, C, H, W); returns (B, C, H, W).
     """
     x = noise
+    kw = _with_omega(omega_tensor(omega, noise.shape[0], noise.device))
     for t_k, t_next in _uniform_steps(steps, "sample_student", progress):
         t = torch.full((x.shape[0],), t_k, device=x.device, dtype=torch.float32)
         r = torch.full((x.shape[0],), t_next, device=x.device, dtype=torch.float32)
-        x = x - (t_k - t_next) * model(torch.cat([z_lq, x], dim=1), t, sem, r).to(x.dtype)
+        x = x - (t_k - t_next) * model(torch.cat([z_lq, x], dim=1), t, sem, r, **kw).to(x.dtype)
     return x

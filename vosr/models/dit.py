@@ -50,6 +50,8 @@ class DiTConfig:
     semantic_mlp_ratio: int = 3
     with_r: bool = False
     """Second time input r (the one-step student's ``r_embedder``)."""
+    with_omega: bool = False
+    """Guidance input omega (``omega_embedder``, zero-initialised): a student distilled over a guidance range."""
     grad_checkpointing: bool = False
     input_size: int = 64
     """Latent side the ``feat_rope`` buffers are built for (64 = 512-px SD latents)."""
@@ -128,6 +130,7 @@ class VOSRDiT(nn.Module):
             self.layer_norm = nn.LayerNorm(cfg.semantic_dim)
             self.mlp_ca = SemanticMLP(cfg.semantic_dim, cfg.semantic_mlp_ratio * d, d)
         self.r_embedder = TimestepEmbedder(d) if cfg.with_r else None
+        self.omega_embedder = TimestepEmbedder(d) if cfg.with_omega else None
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -156,14 +159,25 @@ class VOSRDiT(nn.Module):
         for layer in (self.final_layer.adaLN_modulation[1], self.final_layer.linear):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.omega_embedder is not None:  # zero output: a fresh omega input changes nothing
+            nn.init.normal_(self.omega_embedder.mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.omega_embedder.mlp[2].weight)
+            nn.init.zeros_(self.omega_embedder.mlp[2].bias)
 
     # -- conditioning -------------------------------------------------------------------
 
-    def time_condition(self, t: torch.Tensor, r: torch.Tensor | None) -> torch.Tensor:
-        """c = emb(t) + (t - r) * emb_r(r) (B, D); the r term vanishes when r is None or r = t."""
+    def time_condition(self, t: torch.Tensor, r: torch.Tensor | None,
+                       omega: torch.Tensor | None = None) -> torch.Tensor:
+        """c = emb(t) + (t - r) * emb_r(r) [+ emb_w(omega)] (B, D); the r term vanishes when r is None or
+        r = t, the omega term when omega is None (or the embedder is still at its zero initialisation)."""
         c = self.t_embedder(t)
         if self.r_embedder is not None and r is not None:
             c = c + (t - r).to(c.dtype)[:, None] * self.r_embedder(r)
+        if omega is not None:
+            if self.omega_embedder is None:
+                raise ValueError("omega given to a model without a guidance input (model.with_omega=false); "
+                                 "only students distilled with distill.guidance_range take it")
+            c = c + self.omega_embedder(omega.to(t.device).expand(t.shape[0]))
         return c
 
     def semantic_tokens(self, z: torch.Tensor | None) -> torch.Tensor | None:
@@ -188,14 +202,16 @@ class VOSRDiT(nn.Module):
         return torch.einsum("bhwpqc->bchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None,
-                r: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, 2C, H, W) = [condition, noisy latent]; t, r (B,) in [0, 1]; z (B, M, Dz) -> (B, C, H, W)."""
+                r: torch.Tensor | None = None, *, omega: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, 2C, H, W) = [condition, noisy latent]; t, r (B,) in [0, 1]; z (B, M, Dz) -> (B, C, H, W).
+
+        ``omega`` (B,) or a scalar tensor: the guidance a ``with_omega`` student samples at."""
         p = self.cfg.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"latent size {tuple(x.shape[-2:])} is not a multiple of model.patch_size={p}")
         h, w = x.shape[-2] // p, x.shape[-1] // p
         tokens = self.x_embedder(x)  # (B, N, D)
-        c = self.time_condition(t, r)  # (B, D)
+        c = self.time_condition(t, r, omega)  # (B, D)
         t0 = self.t_block(c)  # (B, 6D)
         s = self.semantic_tokens(z)  # (B, M, D) or None
         rope = self.feat_rope.tables(h, w, tokens.device)  # 2 x (N, head_dim)
@@ -230,7 +246,7 @@ class VOSRDiT(nn.Module):
             per_block += 2 * n * d * d + 2 * m * d * d + 2 * n * m * d  # q, proj, k, v, scores, values
         macs = cfg.depth * per_block + 6 * d * d + 2 * d * d  # blocks, shared adaLN-single, final adaLN
         macs += n * cfg.in_channels * p * p * d + n * d * p * p * cfg.out_channels  # patch in / out
-        n_time = 2 if cfg.with_r else 1
+        n_time = 1 + int(cfg.with_r) + int(cfg.with_omega)
         macs += n_time * (256 * d + d * d)
         if cfg.semantic_dim is not None:
             macs += m * (cfg.semantic_dim * cfg.semantic_mlp_ratio * d + cfg.semantic_mlp_ratio * d * d)
@@ -259,6 +275,7 @@ def dit_config(cfg: ModelConfig, *, latent_channels: int, semantic_dim: int | No
             arch[name] = getattr(cfg, name)
     return DiTConfig(**arch, patch_size=cfg.patch_size, in_channels=2 * latent_channels,
                      out_channels=latent_channels, semantic_dim=semantic_dim, with_r=cfg.with_r,
+                     with_omega=cfg.with_omega,
                      grad_checkpointing=cfg.grad_checkpointing, input_size=input_size)
 
 

@@ -80,6 +80,23 @@ class SemanticEncoder(nn.Module):
         return x[:, vit.num_prefix_tokens:]  # (B, N, D)
 
 
+def block_features(encoder: SemanticEncoder, img01: torch.Tensor, blocks: list[int]) -> list[torch.Tensor]:
+    """Patch-token features (B, N, D) after each of ``blocks`` (indices <= ``block_index``), with gradients
+    flowing back into ``img01`` (B, 3, H, W) in [0, 1] (the encoder's own weights stay frozen)."""
+    vit = encoder.vit
+    if not blocks or max(blocks) >= len(vit.blocks) or min(blocks) < 0:
+        raise ValueError(f"encoder blocks {blocks} must lie in [0, {len(vit.blocks) - 1}] (semantic.block_index)")
+    weight = vit.patch_embed.proj.weight
+    x = encoder.preprocess(img01.to(weight.device)).to(weight.dtype)
+    x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x))))
+    wanted, out = set(blocks), {}
+    for i, block in enumerate(vit.blocks[:max(blocks) + 1]):
+        x = block(x)
+        if i in wanted:
+            out[i] = x[:, vit.num_prefix_tokens:]
+    return [out[i] for i in blocks]
+
+
 def build_semantic_encoder(cfg: SemanticConfig) -> SemanticEncoder | None:
     """Build the frozen encoder from local weights (or seeded random weights); None for kind=none."""
     if cfg.kind == "none":

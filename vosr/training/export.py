@@ -28,6 +28,10 @@ EXPORT_NAME = "ema.safetensors"
 """The export a training run writes into its run folder."""
 R_EMBEDDER_PREFIX = "r_embedder."
 """Weights of the ``r`` time input: present exactly in one-step (student) models."""
+OMEGA_EMBEDDER_PREFIX = "omega_embedder."
+"""Weights of the guidance input: present exactly in students distilled over ``distill.guidance_range``."""
+GUIDANCE_RANGE_KEY = "vosr_guidance_range"
+"""Metadata of a guidance-conditioned student: JSON ``[lo, hi]``, the omega range it was distilled over."""
 
 
 def export_file(source: str | Path, key: str = "-c/--checkpoint") -> Path:
@@ -55,7 +59,7 @@ def save_export(path: str | Path, state_dict: dict[str, torch.Tensor], config: R
 
     path = Path(path)
     extra = dict(extra or {})
-    clash = {CONFIG_KEY, FORMAT_KEY} & set(extra)
+    clash = {CONFIG_KEY, FORMAT_KEY, GUIDANCE_RANGE_KEY} & set(extra)
     if clash:
         raise ValueError(f"export extra metadata may not use the reserved keys {sorted(clash)}")
     bad = [k for k, v in extra.items() if not isinstance(v, str)]
@@ -74,7 +78,13 @@ def save_export(path: str | Path, state_dict: dict[str, torch.Tensor], config: R
         raise ValueError("save_export: the state dict holds no tensors")
     recorded = to_dict(config)
     recorded["model"]["with_r"] = any(k.startswith(R_EMBEDDER_PREFIX) for k in tensors)
+    with_omega = any(k.startswith(OMEGA_EMBEDDER_PREFIX) for k in tensors)
+    recorded["model"]["with_omega"] = with_omega
     metadata = {CONFIG_KEY: json.dumps(recorded), FORMAT_KEY: FORMAT_VERSION, **extra}
+    if with_omega:
+        if config.distill.guidance_range is None:
+            raise ValueError("save_export: weights with an omega_embedder need distill.guidance_range in the config")
+        metadata[GUIDANCE_RANGE_KEY] = json.dumps([float(v) for v in config.distill.guidance_range])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -93,6 +103,12 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     path = _check_file(path)
     with safe_open(str(path), framework="pt") as f:
         return dict(f.metadata() or {})
+
+
+def read_guidance_range(path: str | Path) -> list[float] | None:
+    """``[lo, hi]`` stored in a guidance-conditioned student's export, None for any other file."""
+    raw = read_metadata(path).get(GUIDANCE_RANGE_KEY)
+    return None if raw is None else [float(v) for v in json.loads(raw)]
 
 
 def load_export(path: str | Path) -> tuple[dict[str, torch.Tensor], RunConfig | None]:

@@ -40,6 +40,9 @@ class Objective:
     """Model FLOPs of one training image (all forward and backward passes), for MFU."""
     extra_samplers: dict[str, SampleFn] = field(default_factory=dict)
     """More rows for the validation grid (e.g. the teacher at 25 steps)."""
+    guidance_grid: dict[str, SampleFn] = field(default_factory=dict)
+    """Samplers drawn into a second validation sheet (``val/guidance_<step>.png``), one labelled column
+    each (the teacher's ``flow.val_guidance_grid`` of (s_lr, s_sem) pairs); empty = no sheet."""
 
 
 @dataclass(kw_only=True)

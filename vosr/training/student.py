@@ -8,6 +8,7 @@ objective's maths (METHOD.md §5) lives in ``vosr.method.distill``; ``build_dist
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,15 +18,17 @@ from torch import nn
 
 from vosr.config import RunConfig
 from vosr.evaluation.metrics import load_lpips
-from vosr.method.distill import distill_loss
+from vosr.method.distill import default_omega, distill_loss, draw_omega
 from vosr.method.flow import one_step, randn, sample_euler, sample_one_step
+from vosr.method.texture import gram_loss, vit_flops
+from vosr.models.semantic import block_features
 from vosr.models.weights import load_vosr_weights
-from vosr.training.export import R_EMBEDDER_PREFIX, export_file, load_export
+from vosr.training.export import OMEGA_EMBEDDER_PREFIX, R_EMBEDDER_PREFIX, export_file, load_export
 from vosr.training.setup import FrozenParts, Objective, build_model, model_flops
 
 logger = logging.getLogger(__name__)
 
-STUDENT_ONLY_KEYS = (R_EMBEDDER_PREFIX,)
+STUDENT_ONLY_KEYS = (R_EMBEDDER_PREFIX, OMEGA_EMBEDDER_PREFIX)
 
 
 def teacher_weights_path(source: str) -> Path:
@@ -33,75 +36,136 @@ def teacher_weights_path(source: str) -> Path:
     return export_file(source, "distill.teacher")
 
 
+def student_config(cfg: RunConfig) -> RunConfig:
+    """The run config with ``model.with_omega`` set exactly when ``distill.guidance_range`` is."""
+    with_omega = cfg.distill.guidance_range is not None
+    if cfg.model.with_omega == with_omega:
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, with_omega=with_omega))
+
+
 def build_teacher_and_student(cfg: RunConfig, parts: FrozenParts,
                               device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """Frozen teacher and a student that starts from the teacher's EMA weights."""
+    """Frozen teacher and a student that starts from the teacher's EMA weights (plus a zero-initialised
+    omega input when ``distill.guidance_range`` is set)."""
     weights, teacher_cfg = load_export(teacher_weights_path(cfg.distill.teacher))
     if teacher_cfg is not None and teacher_cfg.model.preset != cfg.model.preset:
         logger.warning("teacher preset %s differs from model.preset=%s; shapes decide",
                        teacher_cfg.model.preset, cfg.model.preset)
-    teacher = build_model(cfg, parts, with_r=False)
+    teacher_cfg_run = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, with_omega=False))
+    teacher = build_model(teacher_cfg_run, parts, with_r=False)
     load_vosr_weights(teacher, weights)
     teacher.requires_grad_(False).eval()
     teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" and cfg.engine.precision == "bf16" else None)
-    student = build_model(cfg, parts, with_r=True)
+    student = build_model(student_config(cfg), parts, with_r=True)
     load_vosr_weights(student, weights, allow_missing=STUDENT_ONLY_KEYS)
     return teacher, student
 
 
-PerceptualTerm = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Generator], torch.Tensor]
+def sample_omega(cfg: RunConfig) -> float | None:
+    """The omega a guidance-conditioned student is validated at (None for a plain student)."""
+    bounds = cfg.distill.guidance_range
+    return None if bounds is None else default_omega(cfg.distill.guidance, bounds)
 
 
-def lpips_term(parts: FrozenParts, device: torch.device) -> PerceptualTerm:
-    """LPIPS (AlexNet) between the decoded one-step sample and the decoded HQ latent.
+DecodedTerms = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Generator],
+                        dict[str, torch.Tensor]]
+"""``(student, z_hq, z_lq, sem, generator) -> {"lpips": ..., "gram": ...}`` on the decoded one-step sample."""
 
-    The one-step sample is taken as at inference (``t = 1, r = 0``, clean ``lq`` and tokens)
-    and decoded with gradients through the frozen decoder. ``check_paths`` has made sure the
-    LPIPS weights are on disk (never random or downloaded weights).
+
+def gram_blocks(cfg: RunConfig) -> list[int]:
+    """Encoder blocks of the Gram loss: ``distill.gram_blocks``, or the token block ``semantic.block_index``."""
+    return list(cfg.distill.gram_blocks) or [cfg.semantic.block_index]
+
+
+def decoded_terms(cfg: RunConfig, parts: FrozenParts, device: torch.device) -> DecodedTerms | None:
+    """LPIPS (AlexNet, ``distill.lpips_weight``) and the Gram texture loss (``distill.gram_weight``) between
+    the decoded one-step sample and the decoded HQ latent; None when both are off.
+
+    The one-step sample is taken as at inference (``t = 1, r = 0``, clean ``lq`` and tokens; a
+    guidance-conditioned student at an omega drawn from its range) and decoded once with gradients
+    through the frozen decoder; the Gram loss compares token features of the frozen semantic encoder at
+    ``gram_blocks`` (gradients through it into the image). ``check_paths`` has made sure the LPIPS weights
+    are on disk (never random or downloaded weights).
     """
-    net = load_lpips(device)
+    dist = cfg.distill
+    if dist.lpips_weight <= 0 and dist.gram_weight <= 0:
+        return None
+    net = load_lpips(device) if dist.lpips_weight > 0 else None
+    blocks = gram_blocks(cfg)
+    if dist.gram_weight > 0 and parts.semantic is None:
+        raise ValueError("distill.gram_weight > 0 needs the semantic encoder (semantic.kind is none)")
 
-    def term(student: nn.Module, z_hq: torch.Tensor, z_lq: torch.Tensor, sem: torch.Tensor | None,
-             generator: torch.Generator) -> torch.Tensor:
+    def terms(student: nn.Module, z_hq: torch.Tensor, z_lq: torch.Tensor, sem: torch.Tensor | None,
+              generator: torch.Generator) -> dict[str, torch.Tensor]:
         noise = randn(tuple(z_hq.shape), generator, z_hq.device).to(z_hq.dtype)
-        z0 = one_step(student, z_lq, sem, noise)
+        omega = None if dist.guidance_range is None else draw_omega(z_hq.shape[0], dist.guidance_range, generator,
+                                                                    z_hq.device)
+        z0 = one_step(student, z_lq, sem, noise, omega)
         image = parts.autoencoder.decode(z0).float()
         with torch.no_grad():
             reference = parts.autoencoder.decode(z_hq).float().clamp(0, 1)
-        return net(image * 2 - 1, reference * 2 - 1).mean()
+        out = {}
+        if net is not None:
+            out["lpips"] = net(image * 2 - 1, reference * 2 - 1).mean()
+        if dist.gram_weight > 0:
+            with torch.no_grad():
+                ref_feats = block_features(parts.semantic, reference, blocks)
+            out["gram"] = gram_loss(block_features(parts.semantic, image.clamp(0, 1), blocks), ref_feats)
+        return out
 
-    return term
+    return terms
+
+
+def gram_flops(cfg: RunConfig, parts: FrozenParts) -> float:
+    """FLOPs per image of the Gram term: the encoder up to its last Gram block on the HQ image (no grad) and on
+    the sample, with a backward into the sample (about one more forward: weights are frozen)."""
+    if cfg.distill.gram_weight <= 0 or parts.semantic is None:
+        return 0.0
+    vit = parts.semantic.vit
+    patch = vit.patch_embed.patch_size[0]
+    tokens = parts.semantic.num_tokens + vit.num_prefix_tokens
+    mlp_ratio = vit.blocks[0].mlp.fc1.out_features / parts.semantic.dim if hasattr(vit.blocks[0].mlp, "fc1") else 4.0
+    forward = vit_flops(tokens, parts.semantic.dim, max(gram_blocks(cfg)) + 1, mlp_ratio, patch * patch)
+    return 3.0 * forward
 
 
 def student_objective(cfg: RunConfig, teacher: nn.Module, student: nn.Module, parts: FrozenParts,
-                      perceptual: PerceptualTerm | None = None) -> Objective:
-    """RCGM/shortcut distillation, plus ``distill.lpips_weight`` x ``perceptual`` when given."""
+                      decoded: DecodedTerms | None = None) -> Objective:
+    """RCGM/shortcut distillation, plus ``distill.lpips_weight`` x LPIPS and ``distill.gram_weight`` x Gram
+    of ``decoded`` when given (each logged as its own ``loss/`` term)."""
     flow, dist = cfg.flow, cfg.distill
+    weights = {"lpips": dist.lpips_weight, "gram": dist.gram_weight}
 
     def loss(m: nn.Module, z_hq: torch.Tensor, z_lq: torch.Tensor, sem: torch.Tensor | None,
              gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         total, stats = distill_loss(m, teacher, z_hq, z_lq, sem, flow, dist, gen)
-        if perceptual is not None:
-            lp = perceptual(m, z_hq, z_lq, sem, gen)
-            total = total + dist.lpips_weight * lp.float()
-            stats = {**stats, "loss/lpips": float(lp.detach()), "loss/distill": float(total.detach())}
+        if decoded is not None:
+            extra = decoded(m, z_hq, z_lq, sem, gen)
+            for name, value in extra.items():
+                total = total + weights[name] * value.float()
+            values = torch.stack([v.detach().float() for v in extra.values()] + [total.detach()]).tolist()
+            stats = {**stats, **{f"loss/{k}": v for k, v in zip(extra, values)}, "loss/distill": values[-1]}
         return total, stats
 
+    omega = sample_omega(cfg)
+    teacher_guidance = dist.guidance if omega is None else omega
     # Per sample: 2 teacher forwards, 2 student forwards with backward (x3), RCGM: N sub-steps + nothing else.
     no_grad_student = dist.num_substeps if dist.objective == "rcgm" else 2
     return Objective(
         name="student",
         loss=loss,
-        sample=lambda m, z_lq, sem, noise: sample_one_step(m, z_lq, sem, noise),
+        sample=lambda m, z_lq, sem, noise: sample_one_step(m, z_lq, sem, noise, omega),
         # The teacher row samples the velocity the student learns (omega, w of distill.*), so the grid
         # compares like with like; the teacher's own inference preset (flow.guidance) may differ.
         extra_samplers={"teacher": lambda m, z_lq, sem, noise: sample_euler(
-            teacher, z_lq, sem, noise, steps=flow.sample_steps, guidance=dist.guidance, weak_anchor=dist.weak_anchor)},
-        flops_per_image=model_flops(student, cfg, parts, forward_passes=2 + 2 * 3 + no_grad_student),
+            teacher, z_lq, sem, noise, steps=flow.sample_steps, guidance=teacher_guidance,
+            weak_anchor=dist.weak_anchor)},
+        flops_per_image=model_flops(student, cfg, parts, forward_passes=2 + 2 * 3 + no_grad_student)
+        + gram_flops(cfg, parts),
     )
 
 
 def build_distill(cfg: RunConfig, parts: FrozenParts, device: torch.device) -> tuple[nn.Module, Objective]:
     teacher, student = build_teacher_and_student(cfg, parts, device)
-    perceptual = lpips_term(parts, device) if cfg.distill.lpips_weight > 0 else None
-    return student, student_objective(cfg, teacher, student, parts, perceptual)
+    return student, student_objective(cfg, teacher, student, parts, decoded_terms(cfg, parts, device))

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from vosr.config import RunConfig
+from vosr.config.run import FlowConfig
 from vosr.method.flow import flow_loss, sample_euler
 from vosr.models.weights import load_vosr_weights
-from vosr.training.setup import FrozenParts, Objective, build_model, model_flops
+from vosr.training.setup import FrozenParts, Objective, SampleFn, build_model, model_flops
 
 
 def teacher_objective(cfg: RunConfig, model: nn.Module, parts: FrozenParts) -> Objective:
@@ -20,7 +21,15 @@ def teacher_objective(cfg: RunConfig, model: nn.Module, parts: FrozenParts) -> O
         sample=lambda m, z_lq, sem, noise: sample_euler(m, z_lq, sem, noise, steps=flow.sample_steps,
                                                         guidance=flow.guidance, weak_anchor=flow.weak_anchor),
         flops_per_image=model_flops(model, cfg, parts, forward_passes=3.0),
+        guidance_grid={f"s_lr={s_lr:g} s_sem={s_sem:g}": _branch_sampler(flow, s_lr, s_sem)
+                       for s_lr, s_sem in flow.val_guidance_grid},
     )
+
+
+def _branch_sampler(flow: FlowConfig, s_lr: float, s_sem: float) -> SampleFn:
+    """The guided Euler sampler at per-branch guidance (s_lr, s_sem)."""
+    return lambda m, z_lq, sem, noise: sample_euler(m, z_lq, sem, noise, steps=flow.sample_steps, guidance=s_lr,
+                                                    guidance_sem=s_sem, weak_anchor=flow.weak_anchor)
 
 
 def build_teacher(cfg: RunConfig, parts: FrozenParts, device: torch.device) -> tuple[nn.Module, Objective]:

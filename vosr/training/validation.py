@@ -101,7 +101,24 @@ class Validator:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"step_{step:08d}.png"
         Image.fromarray(grid).save(path)
+        if objective.guidance_grid:
+            self.guidance_sheet(model, objective.guidance_grid, step)
         return scalars, path, grid
+
+    def guidance_sheet(self, model: nn.Module, samplers: dict, step: int) -> Path:
+        """One labelled sheet: per crop, bicubic | each sampler of ``samplers`` (e.g. (s_lr, s_sem) pairs) | HR."""
+        columns = {"bicubic": self.lr_up}
+        for name, sample in samplers.items():
+            z0 = sample(model, self.z_lq, self.sem, self.noise).float()
+            columns[name] = (self.parts.autoencoder.decode(z0).float().clamp(0, 1) * 255).round() / 255
+        columns["HR"] = self.hr
+        rows = [[column[i] for column in columns.values()] for i in range(self.hr.shape[0])]
+        title = f"guidance at step {step}" + (f" ({self.name})" if self.name else "")
+        sheet = make_grid(rows, labels=list(columns), title=title, min_panel=GRID_PANEL)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"guidance_{step:08d}.png"
+        Image.fromarray(sheet).save(path)
+        return path
 
     def _score(self, name: str, out: torch.Tensor) -> dict[str, float]:
         labels = {"psnr": "psnr_y(dB)", "ssim": "ssim_y", "lpips": "lpips", "dists": "dists"}
