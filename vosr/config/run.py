@@ -272,6 +272,8 @@ class CheckpointConfig:
     """Write ``ema.safetensors`` (consolidated, for inference) with each save."""
     export_raw: bool = False
     """Also write ``model.safetensors``, the raw (non-EMA) weights, with each save (to compare the two)."""
+    allow_config_change: bool = False
+    """Resume even when the checkpoint was written with another seed, model or data (refused by default)."""
 
     def __post_init__(self) -> None:
         _check(self.keep_latest >= 2, "checkpoint.keep_latest must be >= 2 so a crash mid-save "
