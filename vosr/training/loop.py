@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vosr.config import RunConfig, save_yaml, to_dict
+from vosr.config import ConfigError, RunConfig, save_yaml, to_dict
 from vosr.data.errors import SkipLog
 from vosr.data.stream import TrainStream, build_train_stream, to_unit
 from vosr.runtime import distributed
@@ -27,6 +27,7 @@ from vosr.runtime.safeload import CheckpointError, write_error
 from vosr.runtime.tracking import MetricsLogger, cut_metrics, setup_logging
 from vosr.training.export import read_metadata, save_export
 from vosr.training.guard import RunError, RunLock, check_identity, config_identity, remove_leftovers
+from vosr.training.preflight import derive_grad_accum
 from vosr.training.setup import (
     FrozenParts,
     Objective,
@@ -103,7 +104,7 @@ def run_training(cfg: RunConfig, build: BuildFn, flag: PreemptionFlag | None = N
             if lock is not None:
                 lock.release()
             distributed.destroy()
-    except (RunError, CheckpointError) as err:
+    except (RunError, CheckpointError, ConfigError) as err:
         logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -151,8 +152,16 @@ def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: 
     setup_logging(run_dir, info.rank)
     if info.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
+    note = derive_grad_accum(cfg, info.world_size)  # a no-op after vosr.train's own preflight
+    if cfg.engine.global_batch_size is not None:
+        logger.info("global batch %d = data.batch_size %d x optim.grad_accum %d x world size %d%s",
+                    cfg.engine.global_batch_size, cfg.data.batch_size, cfg.optim.grad_accum, info.world_size,
+                    f" ({note})" if note else "")
     # Before any heavy work: a data source that gives no sample fails here, in one line naming it.
-    stream = build_train_stream(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
+    try:
+        stream = build_train_stream(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
+    except (ValueError, FileNotFoundError) as err:
+        raise RunError(str(err)) from err
     seed_everything(cfg.seed, info.rank)
     generators = make_generators(cfg, info.rank, device)
     parts = build_frozen_parts(cfg, device)
