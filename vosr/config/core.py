@@ -255,7 +255,7 @@ def load(cls: type[T], path: str | Path | None, overrides: list[str] | None = No
         culprit = _override_of(str(err), overrides)
         if culprit is None:
             raise
-        raise ConfigError(f"{err} (from the override {culprit!r})") from None
+        raise ConfigError(f"{err}; fix the override {culprit!r}") from None
 
 
 def _override_of(message: str, overrides: list[str]) -> str | None:

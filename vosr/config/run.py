@@ -202,7 +202,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.crop_size >= 1 and self.crop_size % self.scale == 0,
-               f"data.crop_size={self.crop_size} must be a positive multiple of data.scale={self.scale}")
+               f"data.crop_size={self.crop_size} must be a positive multiple of data.scale={self.scale}; "
+               "set data.crop_size to one (e.g. 512)")
         _check(self.batch_size >= 1 and self.num_workers >= 0, "data.batch_size >= 1, data.num_workers >= 0")
         _check(self.crops_per_image >= 1, f"data.crops_per_image={self.crops_per_image} must be >= 1")
         _check(self.shuffle_buffer_mb > 0, f"data.shuffle_buffer_mb={self.shuffle_buffer_mb} must be > 0 (MiB)")

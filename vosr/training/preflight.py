@@ -8,8 +8,9 @@ model preset and timm name, crop vs patch and scale, and the global batch. Error
 
 The global batch: ``engine.global_batch_size`` is the fixed quantity. When it is set and
 ``data.batch_size x optim.grad_accum x world`` differs, the gradient accumulation is derived as
-``global / (batch_size x world)`` when that divides (so one config runs unchanged on 1, 2, 4 or 8
-nodes), and the returned note says so; otherwise it is an error.
+``global / (batch_size x world)`` when that divides; when ``batch_size x world`` already exceeds the
+global batch, the micro-batch becomes ``global / world`` (accumulation 1). So one config runs
+unchanged on 1, 2, 4 or 8 nodes; the returned note says what was derived. Anything else is an error.
 """
 from __future__ import annotations
 
@@ -109,6 +110,11 @@ def derive_grad_accum(cfg: RunConfig, world_size: int) -> str | None:
     if wanted is None or micro * cfg.optim.grad_accum * world_size == wanted:
         return None
     per_step = micro * world_size
+    if per_step > wanted and wanted % world_size == 0:  # more ranks than the micro-batch needs: smaller micro-batch
+        note = (f"data.batch_size {wanted // world_size} (not {micro}) and gradient accumulation 1 derived from "
+                f"engine.global_batch_size={wanted} / world size {world_size}")
+        cfg.data.batch_size, cfg.optim.grad_accum = wanted // world_size, 1
+        return note
     if wanted % per_step:
         raise ConfigError(
             f"engine.global_batch_size: {wanted} is not a multiple of data.batch_size={micro} x world size "
