@@ -235,3 +235,17 @@ def test_full_disk_is_named_and_the_previous_checkpoint_stays_usable(photo_shard
     assert not list((run_dir / "checkpoints" / ".tmp").glob("*"))
     assert train.main(_args(shards, run_dir, "optim.max_steps=4", "checkpoint.every_steps=2")) == 0
     assert "step_00000002 at step 2" in (run_dir / "log.txt").read_text()
+
+
+def test_source_of_only_empty_shards_fails_at_start_up(photo_shards, tmp_path, capsys):
+    import tarfile
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for i in range(2):
+        tarfile.open(empty / f"e-{i:06d}.tar", "w").close()
+    mix = f"data.train=[{{shards: '{photo_shards[0].parent}'}}, {{shards: '{empty}'}}]"
+    code = train.main(_args(photo_shards[0].parent, tmp_path / "run", mix))
+    line, = _error_lines(capsys.readouterr().err)
+    assert code == 2 and f"data.train[1].shards='{empty}'" in line and "none of its 2 shards" in line, line
+    assert not complete_checkpoints(tmp_path / "run" / "checkpoints")
