@@ -209,6 +209,8 @@ def test_truncated_newest_checkpoint_falls_back(photo_shards, tmp_path):
     assert f"{bad} has 0 bytes" in log and "falling back to the previous complete one" in log
     assert "resumed from" in log and "step_00000002 at step 2" in log
     assert sorted(read_metrics(run_dir)) == [1, 2, 3, 4, 5]
+    assert (newest.parent / f"{newest.name}.damaged" / bad.name).stat().st_size == 0  # kept aside, not reused
+    assert [p.name for p in complete_checkpoints(run_dir / "checkpoints")] == ["step_00000004", "step_00000005"]
 
 
 def _limit_file_size(limit: int):

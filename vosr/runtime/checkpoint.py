@@ -187,6 +187,11 @@ class Checkpointer:
             if self.rank == 0:
                 logger.warning("checkpoint %s is damaged (%s): falling back to the previous complete one",
                                path, problems[0])
+                # Out of the way (kept for inspection): a later save of that step, or pruning, must not trip on it.
+                damaged = Path(path).with_name(Path(path).name + ".damaged")
+                shutil.rmtree(damaged, ignore_errors=True)
+                os.replace(path, damaged)
+            distributed.barrier()
         return None
 
     def load(self, engine: TrainEngine, folder: Path, generators: dict[str, torch.Generator]) -> dict:
@@ -196,6 +201,9 @@ class Checkpointer:
         if not (folder / MARKER).is_file():
             raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {MARKER}); "
                                     "set checkpoint.resume to a complete one or to auto")
+        problems = [p for p in distributed.all_gather_object(verify_checkpoint(folder, self.rank, _world_size())) if p]
+        if problems:  # latest() has verified already; this catches a checkpoint.resume named explicitly
+            raise CheckpointError(f"checkpoint.resume: {problems[0]}; name another checkpoint, or use auto")
         with weights_only_loads():  # DeepSpeed's own torch.load calls too: no code runs from a checkpoint
             client = engine.load(str(folder.parent), folder.name)
         ema_file = folder / f"ema_rank{self.rank if is_zero3_partitioned(engine.module) else 0:05d}.pt"
