@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.training.helpers import REPO, TINY, read_metrics, tiny_overrides

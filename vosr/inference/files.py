@@ -9,7 +9,16 @@ import logging
 import time
 from pathlib import Path
 
-from vosr.images import OUTPUT_MARKER, ImageError, is_vosr_output, read_image, resize_alpha, save_image, to_tensor, to_uint8
+from vosr.images import (
+    OUTPUT_MARKER,
+    ImageError,
+    is_vosr_output,
+    read_image,
+    resize_alpha,
+    save_image,
+    to_tensor,
+    to_uint8,
+)
 from vosr.inference.pipeline import SRPipeline, TileOptions
 
 logger = logging.getLogger(__name__)

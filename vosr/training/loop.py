@@ -19,9 +19,9 @@ from vosr.data.errors import SkipLog
 from vosr.data.stream import TrainStream, build_train_stream, to_unit
 from vosr.runtime import distributed
 from vosr.runtime.checkpoint import Checkpointer, checkpoint_identity, complete_checkpoints
+from vosr.runtime.ema import is_zero3_partitioned
 from vosr.runtime.engine import TrainEngine, seed_everything
 from vosr.runtime.perf import StepTimer, memory_stats, peak_flops
-from vosr.runtime.ema import is_zero3_partitioned
 from vosr.runtime.preemption import EXIT_PREEMPTED, PreemptionFlag
 from vosr.runtime.safeload import CheckpointError, write_error
 from vosr.runtime.tracking import MetricsLogger, cut_metrics, setup_logging

@@ -98,8 +98,9 @@ def _check_model(cfg: RunConfig) -> None:
 
         if not timm.is_model(cfg.semantic.timm_name):
             close = timm.list_models(f"{cfg.semantic.timm_name.split('_')[0]}_*dinov2*")[:4]
+            similar = f" (similar: {', '.join(close)})" if close else ""
             raise ConfigError(f"semantic.timm_name: {cfg.semantic.timm_name!r} is not a timm architecture; "
-                              f"use e.g. vit_base_patch14_dinov2{' (similar: ' + ', '.join(close) + ')' if close else ''}")
+                              f"use e.g. vit_base_patch14_dinov2{similar}")
 
 
 def derive_grad_accum(cfg: RunConfig, world_size: int) -> str | None:
