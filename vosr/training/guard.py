@@ -42,6 +42,16 @@ def job_id(env: dict[str, str] | None = None) -> str | None:
     return env.get("SLURM_JOB_ID") or env.get("TORCHELASTIC_RUN_ID") or None
 
 
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (clock ticks since boot), so a reused pid is not taken for
+    the lock's owner; None where ``/proc`` is not available."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -76,7 +86,8 @@ class RunLock:
             return {}
 
     def acquire(self) -> RunLock:
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id(), "started": time.time()}
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _start_time(os.getpid()),
+              "job_id": job_id(), "started": time.time()}
         for _ in range(3):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -114,7 +125,10 @@ class RunLock:
             return True  # an earlier attempt of this job (a requeue): it is gone by construction
         if owner.get("host") == me["host"]:
             pid = owner.get("pid")
-            return not isinstance(pid, int) or pid == me["pid"] or not _alive(pid)
+            if not isinstance(pid, int) or pid == me["pid"] or not _alive(pid):
+                return True
+            recorded = owner.get("pid_start")
+            return recorded is not None and _start_time(pid) not in (None, recorded)  # the pid was reused
         return False
 
     def _message(self, owner: dict[str, Any]) -> str:
