@@ -91,8 +91,10 @@ def run_training(cfg: RunConfig, build: BuildFn, flag: PreemptionFlag | None = N
     own_flag = flag is None
     flag = PreemptionFlag().install() if flag is None else flag
     lock: RunLock | None = None
+    rank = 0
     try:
         info, device = setup_world(cfg)
+        rank = info.rank
         try:
             lock = _take_run_folder(cfg, info)
             run = _setup(cfg, build, info, device, flag)
@@ -105,12 +107,21 @@ def run_training(cfg: RunConfig, build: BuildFn, flag: PreemptionFlag | None = N
                 lock.release()
             distributed.destroy()
     except (RunError, CheckpointError, ConfigError) as err:
-        logger.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
+        _log_to_files(f"error: {err}")
+        if rank == 0 or isinstance(err, CheckpointError):  # the others were told the same error by rank 0
+            print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
         if own_flag:
             flag.uninstall()
+
+
+def _log_to_files(message: str) -> None:
+    """``message`` into ``log.txt`` only: the console gets it once, as the ``error:`` line."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _take_run_folder(cfg: RunConfig, info: distributed.WorldInfo) -> RunLock | None:
