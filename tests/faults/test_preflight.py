@@ -93,3 +93,17 @@ def test_yaml_error_names_file_and_line(tmp_path):
     bad.write_text("stage: teacher\nmodel:\n  preset: [tiny\n")
     with pytest.raises(ConfigError, match=rf"{re.escape(str(bad))}: line \d+, column \d+: YAML error"):
         load_run_config(str(bad))
+
+
+def test_a_run_derives_its_accumulation_from_the_global_batch(photo_shards, tmp_path, capsys):
+    from tests.training.helpers import read_metrics, tiny_overrides
+    from vosr import train
+
+    run_dir = tmp_path / "run"
+    args = ["--config", TINY, *tiny_overrides(photo_shards[0].parent, run_dir, "engine.global_batch_size=8",
+                                              "optim.grad_accum=1", "optim.max_steps=1", "engine.zero_stage=1",
+                                              "log.wandb_mode=disabled", "data.crops_per_image=1")]
+    assert train.main(args) == 0
+    assert "note: gradient accumulation 2 derived from engine.global_batch_size=8" in capsys.readouterr().err
+    assert read_metrics(run_dir)[1]["progress/images"] == 8
+    assert "global batch 8 (engine.global_batch_size, fixed)" in (run_dir / "log.txt").read_text()

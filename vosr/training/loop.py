@@ -165,9 +165,10 @@ def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: 
         save_yaml(cfg, run_dir / "config.yaml")
     note = derive_grad_accum(cfg, info.world_size)  # a no-op after vosr.train's own preflight
     if cfg.engine.global_batch_size is not None:
-        logger.info("global batch %d = data.batch_size %d x optim.grad_accum %d x world size %d%s",
-                    cfg.engine.global_batch_size, cfg.data.batch_size, cfg.optim.grad_accum, info.world_size,
-                    f" ({note})" if note else "")
+        logger.info("global batch %d (engine.global_batch_size, fixed) = data.batch_size %d x gradient "
+                    "accumulation %d x world size %d: the accumulation (and, on many ranks, the micro-batch) "
+                    "follows from the global batch and the world size%s", cfg.engine.global_batch_size,
+                    cfg.data.batch_size, cfg.optim.grad_accum, info.world_size, f" ({note})" if note else "")
     # Before any heavy work: a data source that gives no sample fails here, in one line naming it.
     try:
         stream = build_train_stream(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
