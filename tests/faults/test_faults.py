@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.training.helpers import REPO, TINY, read_metrics, tiny_overrides
@@ -76,13 +77,15 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error: ")]
 
 
-def test_payload_in_any_checkpoint_file_does_not_run(photo_shards, tmp_path, capsys):
+@pytest.mark.parametrize("zero", [1, 3])
+def test_payload_in_any_checkpoint_file_does_not_run(photo_shards, tmp_path, capsys, zero):
     run_dir, marker = tmp_path / "run", tmp_path / "PWNED"
     shards = photo_shards[0].parent
-    assert train.main(_args(shards, run_dir, "optim.max_steps=2", "checkpoint.every_steps=2")) == 0
+    z = f"engine.zero_stage={zero}"
+    assert train.main(_args(shards, run_dir, "optim.max_steps=2", "checkpoint.every_steps=2", z)) == 0
     folder = complete_checkpoints(run_dir / "checkpoints")[-1]
-    kinds = ["rng_rank00000.pt", "ema_rank00000.pt", "mp_rank_00_model_states.pt",
-             "zero_pp_rank_0_mp_rank_00_optim_states.pt"]
+    model_states = "mp_rank_00_model_states.pt" if zero < 3 else "zero_pp_rank_0_mp_rank_00_model_states.pt"
+    kinds = ["rng_rank00000.pt", "ema_rank00000.pt", model_states, "zero_pp_rank_0_mp_rank_00_optim_states.pt"]
     assert sorted(p.name for p in folder.glob("*.pt")) == sorted(kinds)
     capsys.readouterr()
     for name in kinds:
@@ -92,7 +95,7 @@ def test_payload_in_any_checkpoint_file_does_not_run(photo_shards, tmp_path, cap
         state["planted"] = Payload(marker)
         torch.save(state, path)
         _refresh_manifest(folder)  # the checksum matches: only the weights-only load stands in the way
-        code = train.main(_args(shards, run_dir, "optim.max_steps=3", "checkpoint.every_steps=2"))
+        code = train.main(_args(shards, run_dir, "optim.max_steps=3", "checkpoint.every_steps=2", z))
         err = capsys.readouterr().err
         assert code == 2, (name, err[-2000:])
         assert not marker.exists(), f"the payload in {name} ran"
@@ -100,7 +103,7 @@ def test_payload_in_any_checkpoint_file_does_not_run(photo_shards, tmp_path, cap
         assert len(lines) == 1 and str(path) in lines[0] and "not weights" in lines[0], (name, err[-2000:])
         path.write_bytes(original)
         _refresh_manifest(folder)
-    assert train.main(_args(shards, run_dir, "optim.max_steps=3", "checkpoint.every_steps=2")) == 0
+    assert train.main(_args(shards, run_dir, "optim.max_steps=3", "checkpoint.every_steps=2", z)) == 0
 
 
 def test_second_run_in_a_live_run_folder_exits_2_naming_the_owner(photo_shards, tmp_path):
