@@ -60,3 +60,24 @@ def test_identity_mismatch_is_refused_unless_allowed(tmp_path):
     check_identity(config_identity(base), config_identity(changed), tmp_path, allow=True)
     same = {**base, "model": {"preset": "tiny", "compile": True}}  # compile is not identity
     check_identity(config_identity(base), config_identity(same), tmp_path, allow=False)
+
+
+def test_only_rank_0_copies_the_full_ema_and_only_to_export_or_validate():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from vosr.runtime.ema import EMA
+    from vosr.training.loop import _gather_ema, _validate
+
+    module = nn.Linear(3, 2)
+    engine = SimpleNamespace(module=module, ema=EMA(module, 0.9))
+    cfg = SimpleNamespace(data=SimpleNamespace(val=None))
+    assert set(_gather_ema(SimpleNamespace(engine=engine, info=SimpleNamespace(is_main=True)))) == {"weight", "bias"}
+    assert _gather_ema(SimpleNamespace(engine=engine, info=SimpleNamespace(is_main=False))) == {}
+
+    def no_gather(*args, **kwargs):
+        raise AssertionError("gathered the EMA without data.val")
+
+    engine.ema.full_state_dict = no_gather
+    _validate(SimpleNamespace(cfg=cfg, engine=engine, info=SimpleNamespace(is_main=True)))  # log.val_every hit
