@@ -10,17 +10,19 @@ DeepSpeed reads its own files (``mp_rank_00_model_states.pt``, ``*_optim_states.
 duration of its collective load so that those calls are weights-only too (and also sets
 ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` for any caller holding its own reference to ``torch.load``).
 
-``DEEPSPEED_SAFE_GLOBALS`` is exactly what DeepSpeed 0.18 stores in those files besides tensors,
-dicts, lists, tuples and numbers, found by saving real checkpoints of ZeRO stages 0-3 and listing
-the pickle's globals (``torch.serialization.get_unsafe_globals_in_checkpoint``):
+:func:`deepspeed_safe_globals` is exactly what DeepSpeed 0.19 stores in those files besides tensors,
+dicts, lists, tuples and numbers, found by saving real checkpoints of ZeRO stages 0-3, with fp32 and
+with DeepSpeed's bf16 optimizer (``bf16_zero_pp_rank_*_optim_states.pt``), and listing the pickle's
+globals (``torch.serialization.get_unsafe_globals_in_checkpoint``):
 
 * ``deepspeed.runtime.fp16.loss_scaler.LossScaler`` — the (static) loss scaler of the ZeRO optimizer
   state (``loss_scaler``), a plain object of floats;
 * ``deepspeed.utils.tensor_fragment.fragment_address`` — the namedtuple in ``param_slice_mappings``
   (ZeRO 1/2) giving each parameter's (numel, start) in the flat partition;
 * ``deepspeed.runtime.zero.config.ZeroStageEnum`` — the ``zero_stage`` of the optimizer state;
-* ``deepspeed.checkpoint.constants`` does not appear (its keys are strings);
 * ``collections.OrderedDict``, ``torch.Size`` and ``set`` are allowed by ``weights_only`` already.
+
+(fp16 with dynamic loss scaling would add ``DynamicLossScaler``; vosr never trains in fp16.)
 
 Writes go through :func:`named_writes`: a failing ``torch.save`` (DeepSpeed's or ours) is re-raised
 naming its path, and a full disk reads "no space left on device while writing PATH".
