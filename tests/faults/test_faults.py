@@ -126,6 +126,8 @@ def test_second_run_in_a_live_run_folder_exits_2_naming_the_owner(photo_shards, 
     assert (run_dir / LOCK_NAME).is_file()
     assert train.main(_args(shards, run_dir, "optim.max_steps=2", "checkpoint.every_steps=2")) == 0
     assert not (run_dir / LOCK_NAME).exists()
+    assert f"took over the lock {run_dir / LOCK_NAME} of a run that is gone (pid {first.pid}" in \
+        (run_dir / "log.txt").read_text()
 
 
 def test_lock_of_another_host_and_a_changed_config_are_refused(photo_shards, tmp_path, capsys):
@@ -236,7 +238,7 @@ def test_full_disk_is_named_and_the_previous_checkpoint_stays_usable(photo_shard
     line, = _error_lines(proc.stderr)
     assert line.startswith("error: no space left on device while writing ") and "step_00000004" in line, line
     assert [p.name for p in complete_checkpoints(run_dir / "checkpoints")] == ["step_00000002"]
-    assert not list((run_dir / "checkpoints" / ".tmp").glob("*"))
+    assert not list((run_dir / "checkpoints" / ".tmp").glob("step_*"))  # the partial save is gone
     assert train.main(_args(shards, run_dir, "optim.max_steps=4", "checkpoint.every_steps=2")) == 0
     assert "step_00000002 at step 2" in (run_dir / "log.txt").read_text()
 

@@ -72,10 +72,13 @@ class RunLock:
 
     path: Path
     held: bool
+    took_over: str | None
+    """Set when a stale lock was taken over: what it said (the caller logs it once logging is set up)."""
 
     def __init__(self, run_dir: str | Path) -> None:
         self.path = Path(run_dir) / LOCK_NAME
         self.held = False
+        self.took_over = None
 
     def owner(self) -> dict[str, Any]:
         """What the lock file says (empty when unreadable: a lock being written, or a torn one)."""
@@ -95,7 +98,7 @@ class RunLock:
                 owner = self.owner()
                 if not self._stale(owner, me):
                     raise RunLockError(self._message(owner)) from None
-                logger.warning("taking over the lock %s of a run that is gone (%s)", self.path, _describe(owner))
+                self.took_over = f"took over the lock {self.path} of a run that is gone ({_describe(owner)})"
                 with contextlib.suppress(FileNotFoundError):
                     self.path.unlink()
                 continue
@@ -192,9 +195,9 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
             path.unlink()
         removed.append(path)
     tmp = run_dir / "checkpoints" / ".tmp"
-    if tmp.is_dir() and any(tmp.iterdir()):
-        shutil.rmtree(tmp, ignore_errors=True)
-        removed.append(tmp)
+    for partial in sorted(tmp.glob("step_*")) if tmp.is_dir() else []:  # (DeepSpeed's helper scripts stay)
+        shutil.rmtree(partial, ignore_errors=True)
+        removed.append(partial)
     for path in removed:
         logger.warning("removed %s, left by a run that was killed", path)
     return removed

@@ -132,6 +132,9 @@ def _take_run_folder(cfg: RunConfig, info: distributed.WorldInfo) -> RunLock | N
     if info.is_main:
         try:
             lock = RunLock(run_dir).acquire()
+            setup_logging(run_dir, info.rank)  # the folder is ours now: log.txt may be written
+            if lock.took_over:
+                logger.warning("%s", lock.took_over)
             remove_leftovers(run_dir)
             folder = _resume_folder(cfg, run_dir)
             if folder is not None:
