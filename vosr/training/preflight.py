@@ -67,10 +67,10 @@ def preflight(cfg: RunConfig, world_size: int, *, check_files: bool = True) -> l
             raise ConfigError(f"{key}: must be >= 0, got {value}; set {key}=0 or more")
     if world_size < 1:
         raise ConfigError(f"world size: {world_size} ranks; launch at least one process")
-    _check_model(cfg)
-    notes = [derive_grad_accum(cfg, world_size)]
-    if check_files:
+    if check_files:  # first: the common mistake, and no torch import needed to find it
         _check_files(cfg)
+    notes = [derive_grad_accum(cfg, world_size)]
+    _check_model(cfg)  # imports torch and timm for the preset table and timm's model names
     return [n for n in notes if n]
 
 
