@@ -268,17 +268,46 @@ def resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(alpha).resize((size[1], size[0]), Image.Resampling.BICUBIC))
 
 
-def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None) -> Path:
-    """Write (H, W, 3) uint8 (+ (H, W) alpha -> RGBA) atomically; the format follows the suffix."""
+def save_image(path: str | Path, rgb: np.ndarray, alpha: np.ndarray | None = None,
+               text: dict[str, str] | None = None) -> Path:
+    """Write (H, W, 3) uint8 (+ (H, W) alpha -> RGBA) atomically; the format follows the suffix.
+
+    ``text``: PNG text chunks (e.g. ``OUTPUT_MARKER``), written only for ``.png`` files.
+    """
     path = Path(path)
     img = Image.fromarray(rgb)
     if alpha is not None:
         img.putalpha(Image.fromarray(alpha))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    extra = {}
+    if text and path.suffix.lower() == ".png":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+        extra["pnginfo"] = info
     try:
-        img.save(tmp)
+        img.save(tmp, **extra)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+OUTPUT_MARKER = {"vosr-output": "1"}
+"""PNG text chunk of every image ``vosr.infer`` writes: a folder's own outputs are never taken as inputs."""
+
+
+def is_vosr_output(path: str | Path) -> bool:
+    """Whether ``path`` is a PNG written by ``vosr.infer`` (it carries ``OUTPUT_MARKER``); reads the header only."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        return False
+    try:
+        with Image.open(path) as img:
+            text = getattr(img, "text", None) or img.info
+            return all(text.get(k) == v for k, v in OUTPUT_MARKER.items())
+    except (OSError, ValueError, SyntaxError):
+        return False

@@ -2,7 +2,8 @@
 
 Any size and aspect ratio (tiled beyond the training size); outputs are PNG files named after
 the inputs. Existing outputs are skipped unless ``--overwrite``; an output never replaces an
-input. Unusable inputs (corrupt, truncated, too small or too large) are skipped with a message;
+input, and ``-o`` may not be ``-i``; the PNGs it writes carry a marker (``vosr.images.OUTPUT_MARKER``)
+and are never taken as inputs. Unusable inputs (corrupt, truncated, too small or too large) are skipped with a message;
 grayscale, palette, 16-bit and CMYK files are converted, and transparency is carried over
 (the alpha plane is resized bicubically). The exit status is non-zero only when nothing was
 produced although there was work to do.
@@ -70,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from vosr.images import list_images
-    from vosr.inference.files import plan_outputs, upscale_files
+    from vosr.inference.files import check_not_input, drop_own_outputs, plan_outputs, upscale_files
     from vosr.inference.pipeline import load_pipeline
     from vosr.runtime.distributed import resolve_device
 
     try:
-        inputs = list_images(args.input)
+        check_not_input(Path(args.input), Path(args.output))
+        inputs = drop_own_outputs(list_images(args.input))
         pairs = plan_outputs(inputs, Path(args.output).expanduser())
         pipe = load_pipeline(args.checkpoint, config=args.config, overrides=args.overrides,
                              device=resolve_device(args.device), dtype=getattr(torch, DTYPE_NAMES[args.dtype]))

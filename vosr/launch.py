@@ -48,11 +48,13 @@ def _run_dir_for(config: Path, overrides: list[str]) -> tuple[list[str], str]:
     return rest, str(run_dir.expanduser().resolve())
 
 
-def build_argv(stage: str, config: str | None, extra: list[str]) -> list[str]:
+def build_argv(stage: str, config: str | None, extra: list[str], world_size: int | None = None) -> list[str]:
     """Validate and return the stage's argv; raises ``ValueError`` naming what to change.
 
     For teacher/distill the config is loaded with its overrides (``extra``) and must be of that
-    stage; the config path and run folder become absolute. For pack/evaluate ``extra`` passes
+    stage, then checked by ``vosr.training.preflight`` (paths, positive integers, preset, timm name,
+    crop vs patch, and the global batch on ``world_size`` ranks, the submission's geometry, when given);
+    the config path and run folder become absolute. For pack/evaluate ``extra`` passes
     through (after ``--config`` when one is given).
     """
     if stage not in CONFIG_STAGES:
@@ -73,6 +75,11 @@ def build_argv(stage: str, config: str | None, extra: list[str]) -> list[str]:
     if cfg.stage != stage:
         raise ValueError(f"{path} has stage={cfg.stage} but was launched as {stage}; "
                          f"use `vosr.launch {cfg.stage}` or set stage={stage}")
+    if world_size is not None:
+        from vosr.training.preflight import preflight
+
+        for note in preflight(cfg, world_size):
+            logger.info("%s", note)
     overrides, run_dir = _run_dir_for(path, list(extra))
     return ["--config", str(path), *overrides, f"run_dir={run_dir}"]
 
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                     account=args.account, qos=args.qos, signal_delay_s=args.signal_delay,
                     max_requeues=args.max_requeues)
     try:
-        stage_argv = build_argv(args.stage, args.config, extra)
+        stage_argv = build_argv(args.stage, args.config, extra, world_size=res.nodes * res.ntasks_per_node)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: invalid {args.stage} setup, nothing submitted: {err}", file=sys.stderr)
         return 2

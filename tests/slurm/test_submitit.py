@@ -62,9 +62,10 @@ def test_build_argv_errors_name_the_problem() -> None:
         launch.build_argv("distill", None, [])
 
 
-def test_dry_run_submits_nothing(tmp_path: Path) -> None:
+def test_dry_run_submits_nothing(photo_shards: list[Path], tmp_path: Path) -> None:
     folder = tmp_path / "submitit"
-    argv = ["teacher", "--config", "configs/tiny.yaml", "seed=1", "--dry-run", "--folder", str(folder)]
+    argv = ["teacher", "--config", "configs/tiny.yaml", "seed=1", f"data.train=[{{shards: {photo_shards[0].parent}}}]",
+            "--dry-run", "--folder", str(folder)]
     assert launch.main(argv) == 0
     assert not folder.exists()
 

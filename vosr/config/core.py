@@ -44,10 +44,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     with path.open() as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: {_yaml_problem(err)}; fix the YAML there") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """``line L, column C: problem`` of a PyYAML error, in one line."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}YAML error: {problem}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -58,7 +69,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip().lstrip("-")
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{key}: the value of override {text!r} is not valid YAML ({_yaml_problem(err)}); "
+                          "quote it or fix its brackets") from None
+    return key.split("."), value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -187,6 +203,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "", base_dir: Pa
     except ConfigError:
         raise
     except (ValueError, TypeError) as e:
+        if prefix and str(e).startswith(f"{prefix}."):  # the message names its dotted key already
+            raise ConfigError(str(e)) from e
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from e
 
 
@@ -229,8 +247,24 @@ def load(cls: type[T], path: str | Path | None, overrides: list[str] | None = No
         path = resolve_path(path)
         data = read_yaml(path)
         base_dir = path.parent
-    apply_overrides(data, list(overrides or []))
-    return from_dict(cls, data, base_dir=base_dir)
+    overrides = list(overrides or [])
+    apply_overrides(data, overrides)
+    try:
+        return from_dict(cls, data, base_dir=base_dir)
+    except ConfigError as err:
+        culprit = _override_of(str(err), overrides)
+        if culprit is None:
+            raise
+        raise ConfigError(f"{err}; fix the override {culprit!r}") from None
+
+
+def _override_of(message: str, overrides: list[str]) -> str | None:
+    """The override whose key the error ``message`` names, if one does (the last one wins, as in loading)."""
+    for text in reversed(overrides):
+        key = text.split("=", 1)[0].strip().lstrip("-")
+        if key and (message.startswith(f"{key}:") or f" {key}" in message or message.startswith(key)):
+            return text
+    return None
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:

@@ -227,7 +227,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(self.crop_size >= 1 and self.crop_size % self.scale == 0,
-               f"data.crop_size={self.crop_size} must be a positive multiple of data.scale={self.scale}")
+               f"data.crop_size={self.crop_size} must be a positive multiple of data.scale={self.scale}; "
+               "set data.crop_size to one (e.g. 512)")
         _check(self.batch_size >= 1 and self.num_workers >= 0, "data.batch_size >= 1, data.num_workers >= 0")
         _check(self.crops_per_image >= 1, f"data.crops_per_image={self.crops_per_image} must be >= 1")
         _check(self.shuffle_buffer_mb > 0, f"data.shuffle_buffer_mb={self.shuffle_buffer_mb} must be > 0 (MiB)")
@@ -297,6 +298,8 @@ class CheckpointConfig:
     """Write ``ema.safetensors`` (consolidated, for inference) with each save."""
     export_raw: bool = False
     """Also write ``model.safetensors``, the raw (non-EMA) weights, with each save (to compare the two)."""
+    allow_config_change: bool = False
+    """Resume even when the checkpoint was written with another seed, model or data (refused by default)."""
 
     def __post_init__(self) -> None:
         _check(self.keep_latest >= 2, "checkpoint.keep_latest must be >= 2 so a crash mid-save "

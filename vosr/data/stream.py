@@ -162,6 +162,19 @@ def _batched(crops: Iterable[tuple[str, np.ndarray]], batch_size: int) -> Iterat
         yield to_batch(list(arrays), list(keys))
 
 
+WORKER_IGNORED_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+"""Signals a decoding worker ignores: the main process owns them (preemption saves and exits 75), and a
+``SIGTERM`` to the whole process group (``scancel``) must not kill the workers under it first."""
+
+
+def ignore_signals_in_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: the worker ignores ``WORKER_IGNORED_SIGNALS``."""
+    import signal
+
+    for name in WORKER_IGNORED_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 class TrainStream:
     """Infinite iterable of training batches ``{"hr": (B, 3, S, S) uint8, "key": [B] str}`` for one rank.
 
@@ -189,7 +202,7 @@ class TrainStream:
         # drawing its base seed from (and so shifting) the global torch RNG.
         self._loader = DataLoader(self._dataset, batch_size=None, num_workers=self._num_workers,
                                   persistent_workers=self._num_workers > 0, pin_memory=torch.cuda.is_available(),
-                                  generator=torch.Generator())
+                                  generator=torch.Generator(), worker_init_fn=ignore_signals_in_worker)
         return iter(self._loader)
 
     def __iter__(self) -> Iterator[dict]:
@@ -338,4 +351,4 @@ def build_val_stream(cfg: DataConfig, *, rank: int, world_size: int, batch_size:
                          f"repack data.val into >= {world_size * workers} shards")
     dataset = _ValSamples(shards, cfg, rank, world_size, batch_size or cfg.batch_size)
     return DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers, pin_memory=torch.cuda.is_available(),
-                      generator=torch.Generator())
+                      generator=torch.Generator(), worker_init_fn=ignore_signals_in_worker)

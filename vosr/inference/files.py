@@ -9,10 +9,36 @@ import logging
 import time
 from pathlib import Path
 
-from vosr.images import ImageError, read_image, resize_alpha, save_image, to_tensor, to_uint8
+from vosr.images import (
+    OUTPUT_MARKER,
+    ImageError,
+    is_vosr_output,
+    read_image,
+    resize_alpha,
+    save_image,
+    to_tensor,
+    to_uint8,
+)
 from vosr.inference.pipeline import SRPipeline, TileOptions
 
 logger = logging.getLogger(__name__)
+
+
+def drop_own_outputs(inputs: list[Path]) -> list[Path]:
+    """``inputs`` without the images ``vosr.infer`` wrote itself (PNGs carrying ``OUTPUT_MARKER``)."""
+    kept = [p for p in inputs if not is_vosr_output(p)]
+    if len(kept) < len(inputs):
+        logger.info("skipping %d input(s) that vosr.infer wrote itself (outputs are never inputs)",
+                    len(inputs) - len(kept))
+    return kept
+
+
+def check_not_input(source: Path, out_dir: Path) -> None:
+    """Refuse ``-o`` equal to ``-i`` (the same folder, or the input file itself), whatever the inputs' types."""
+    src, dst = source.expanduser().resolve(), out_dir.expanduser().resolve()
+    if dst == src:
+        raise ValueError(f"-o/--output {out_dir} is the input {source}: outputs would mix with (and on a rerun "
+                         "become) inputs; choose another -o/--output folder")
 
 
 def plan_outputs(inputs: list[Path], out_dir: Path) -> list[tuple[Path, Path]]:
@@ -45,7 +71,7 @@ def upscale_file(pipe: SRPipeline, src: Path, dst: Path, args: argparse.Namespac
                        guidance_lr=getattr(args, "guidance_lr", None), guidance_sem=getattr(args, "guidance_sem", None))
     rgb = to_uint8(out)
     alpha = None if image.alpha is None else resize_alpha(image.alpha, rgb.shape[:2])
-    save_image(dst, rgb, alpha)
+    save_image(dst, rgb, alpha, text=OUTPUT_MARKER)  # marked, so a rerun never takes it as an input
     return rgb.shape[0], rgb.shape[1]
 
 

@@ -73,8 +73,12 @@ class EMA:
         self.num_updates = int(state["num_updates"])
 
     @torch.no_grad()
-    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
-        """The EMA weights (plus the module's buffers) as one CPU state dict; collective under ZeRO-3."""
+    def full_state_dict(self, module: nn.Module, dst: int | None = None) -> dict[str, torch.Tensor]:
+        """The EMA weights (plus the module's buffers) as one CPU state dict; collective under ZeRO-3.
+
+        ``dst``: under ZeRO-3, gather the partitions to that rank only (the others return ``{}`` and
+        hold no full copy); None gathers everywhere.
+        """
         ema_of = dict(zip(self.names, self.shadow))
         if not is_zero3_partitioned(module):
             out = {}
@@ -82,9 +86,10 @@ class EMA:
                 src = ema_of.get(key)
                 out[key] = (src.view_as(value) if src is not None else value).detach().float().cpu().clone()
             return out
-        return self._gather_zero3(module, ema_of)
+        return self._gather_zero3(module, ema_of, dst)
 
-    def _gather_zero3(self, module: nn.Module, ema_of: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _gather_zero3(self, module: nn.Module, ema_of: dict[str, torch.Tensor],
+                      dst: int | None = None) -> dict[str, torch.Tensor]:
         """Full EMA tensors from every rank's ZeRO-3 partitions (collective), plus the module's buffers.
 
         ZeRO-3 cuts each flattened parameter into equal contiguous partitions, one per rank, the
@@ -97,8 +102,15 @@ class EMA:
 
         params = dict(module.named_parameters())
         local = torch.cat([ema_of[n].flatten() for n in self.names])  # this rank's partitions, in order
-        pieces = [torch.empty_like(local) for _ in range(dist.get_world_size())]
-        dist.all_gather(pieces, local)
+        if dst is not None:
+            if dist.get_rank() != dst:
+                dist.gather(local, None, dst=dst)
+                return {}
+            pieces = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+            dist.gather(local, pieces, dst=dst)
+        else:
+            pieces = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+            dist.all_gather(pieces, local)
         out: dict[str, torch.Tensor] = {}
         offset = 0
         for name in self.names:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +53,11 @@ def load_cli_config(args: argparse.Namespace, stage: str) -> RunConfig:
         raise ValueError(f"config has stage={cfg.stage}; use python -m {OTHER_STAGE[stage]}, or set stage={stage}")
     if cfg.name is None:
         cfg.name = Path(args.config).stem
-    check_paths(cfg)
+    from vosr.training.preflight import preflight, world_size_from_env
+
+    for note in preflight(cfg, world_size_from_env()):  # every check, before any heavy work
+        if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
+            print(f"note: {note}", file=sys.stderr)
     return cfg
 
 

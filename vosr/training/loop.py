@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -13,16 +14,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from vosr.config import RunConfig, save_yaml, to_dict
+from vosr.config import ConfigError, RunConfig, save_yaml, to_dict
 from vosr.data.errors import SkipLog
 from vosr.data.stream import TrainStream, build_train_stream, to_unit
 from vosr.runtime import distributed
-from vosr.runtime.checkpoint import Checkpointer
+from vosr.runtime.checkpoint import Checkpointer, checkpoint_identity, complete_checkpoints
+from vosr.runtime.ema import is_zero3_partitioned
 from vosr.runtime.engine import TrainEngine, seed_everything
 from vosr.runtime.perf import StepTimer, memory_stats, peak_flops
 from vosr.runtime.preemption import EXIT_PREEMPTED, PreemptionFlag
+from vosr.runtime.safeload import CheckpointError, write_error
 from vosr.runtime.tracking import MetricsLogger, cut_metrics, setup_logging
-from vosr.training.export import save_export
+from vosr.training.export import read_metadata, save_export
+from vosr.training.guard import RunError, RunLock, check_identity, config_identity, remove_leftovers
+from vosr.training.preflight import derive_grad_accum
 from vosr.training.setup import (
     FrozenParts,
     Objective,
@@ -71,28 +76,107 @@ class Run:
     stream: TrainStream
     skips: SkipLog
     """Distinct skipped samples of the whole run, all ranks (filled on rank 0, from skipped.jsonl on resume)."""
+    flag: PreemptionFlag
+    """Preemption signals, installed by the entry point before any slow start-up."""
 
 
-def run_training(cfg: RunConfig, build: BuildFn) -> int:
-    """Train ``cfg`` with the model/objective from ``build``; returns 0 or ``EXIT_PREEMPTED``."""
-    info, device = setup_world(cfg)
+def run_training(cfg: RunConfig, build: BuildFn, flag: PreemptionFlag | None = None) -> int:
+    """Train ``cfg`` with the model/objective from ``build``; returns 0, ``EXIT_PREEMPTED`` or 2.
+
+    ``flag``: the preemption handler the entry point installed first thing (a signal during the
+    slow start-up is then recorded and the run exits 75 before its first step); installed here if None.
+    A ``RunError``/``CheckpointError`` (run folder locked, config changed, damaged checkpoint, disk
+    full) prints one line ``error: ...`` and returns 2.
+    """
+    own_flag = flag is None
+    flag = PreemptionFlag().install() if flag is None else flag
+    lock: RunLock | None = None
+    rank = 0
     try:
-        run = _setup(cfg, build, info, device)
+        info, device = setup_world(cfg)
+        rank = info.rank
         try:
-            return _loop(run)
+            lock = _take_run_folder(cfg, info)
+            run = _setup(cfg, build, info, device, flag)
+            try:
+                return _loop(run)
+            finally:
+                run.metrics.close()
         finally:
-            run.metrics.close()
+            if lock is not None:
+                lock.release()
+            distributed.destroy()
+    except (RunError, CheckpointError, ConfigError) as err:
+        _log_to_files(f"error: {err}")
+        if rank == 0 or isinstance(err, CheckpointError):  # the others were told the same error by rank 0
+            print(f"error: {err}", file=sys.stderr)
+        return 2
     finally:
-        distributed.destroy()
+        if own_flag:
+            flag.uninstall()
 
 
-def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: torch.device) -> Run:
+def _log_to_files(message: str) -> None:
+    """``message`` into ``log.txt`` only: the console gets it once, as the ``error:`` line."""
+    record = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _take_run_folder(cfg: RunConfig, info: distributed.WorldInfo) -> RunLock | None:
+    """Lock the run folder (rank 0), remove a killed run's leftovers and check the config identity of the
+    checkpoint to resume, all before any heavy work; every rank raises the same ``RunError``."""
+    run_dir = resolve_run_dir(cfg, info.rank)
+    lock, error = None, None
+    if info.is_main:
+        try:
+            lock = RunLock(run_dir).acquire()
+            setup_logging(run_dir, info.rank)  # the folder is ours now: log.txt may be written
+            if lock.took_over:
+                logger.warning("%s", lock.took_over)
+            remove_leftovers(run_dir)
+            folder = _resume_folder(cfg, run_dir)
+            if folder is not None:
+                check_identity(checkpoint_identity(folder), config_identity(to_dict(cfg)), folder,
+                               cfg.checkpoint.allow_config_change)
+        except RunError as err:
+            error = err
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        if lock is not None:
+            lock.release()
+        raise error
+    return lock
+
+
+def _resume_folder(cfg: RunConfig, run_dir: Path) -> Path | None:
+    """The checkpoint a resume would start from (newest complete, unverified), for the identity check."""
+    if cfg.checkpoint.resume == "none":
+        return None
+    if cfg.checkpoint.resume != "auto":
+        return Path(cfg.checkpoint.resume)
+    found = complete_checkpoints(run_dir / "checkpoints")
+    return found[-1] if found else None
+
+
+def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: torch.device,
+           flag: PreemptionFlag) -> Run:
     run_dir = resolve_run_dir(cfg, info.rank)
     setup_logging(run_dir, info.rank)
     if info.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
+    note = derive_grad_accum(cfg, info.world_size)  # a no-op after vosr.train's own preflight
+    if cfg.engine.global_batch_size is not None:
+        logger.info("global batch %d (engine.global_batch_size, fixed) = data.batch_size %d x gradient "
+                    "accumulation %d x world size %d: the accumulation (and, on many ranks, the micro-batch) "
+                    "follows from the global batch and the world size%s", cfg.engine.global_batch_size,
+                    cfg.data.batch_size, cfg.optim.grad_accum, info.world_size, f" ({note})" if note else "")
     # Before any heavy work: a data source that gives no sample fails here, in one line naming it.
-    stream = build_train_stream(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
+    try:
+        stream = build_train_stream(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
+    except (ValueError, FileNotFoundError) as err:
+        raise RunError(str(err)) from err
     seed_everything(cfg.seed, info.rank)
     generators = make_generators(cfg, info.rank, device)
     parts = build_frozen_parts(cfg, device)
@@ -112,7 +196,7 @@ def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: 
     validator = Validator(cfg, parts, device, run_dir) if validate and info.is_main else None
     return Run(cfg=cfg, info=info, device=device, run_dir=run_dir, parts=parts, engine=engine, objective=objective,
                checkpointer=checkpointer, generators=generators, state=state, metrics=metrics, validator=validator,
-               eval_model=eval_model, stream=stream, skips=skips)
+               eval_model=eval_model, stream=stream, skips=skips, flag=flag)
 
 
 def _resume(cfg: RunConfig, engine: TrainEngine, checkpointer: Checkpointer,
@@ -139,8 +223,12 @@ def _resume(cfg: RunConfig, engine: TrainEngine, checkpointer: Checkpointer,
 
 def _loop(run: Run) -> int:
     cfg, state, info = run.cfg, run.state, run.info
+    flag = run.flag
+    if distributed.any_rank(flag.requested, run.device):  # a signal during start-up: nothing new to save
+        logger.warning("preempted (%s) during start-up at step %d: exiting for requeue",
+                       flag.signal_name or "another rank", state.step)
+        return EXIT_PREEMPTED
     data = iter(run.stream)
-    flag = PreemptionFlag().install()
     timer, window = StepTimer(), defaultdict(float)
     bar = tqdm(initial=state.step, total=cfg.optim.max_steps, disable=not (info.is_main and cfg.log.progress),
                desc=cfg.stage, dynamic_ncols=True)
@@ -164,7 +252,7 @@ def _loop(run: Run) -> int:
                 return EXIT_PREEMPTED
     finally:
         bar.close()
-        flag.uninstall()
+    _redo_stale_exports(run)
     logger.info("finished %d steps; weights in %s", state.step, run.run_dir / "ema.safetensors")
     return 0
 
@@ -232,10 +320,23 @@ def _log(run: Run, window: dict[str, float], timer: StepTimer, bar: tqdm) -> Non
 
 
 def _gather_ema(run: Run) -> dict[str, torch.Tensor]:
-    return run.engine.ema.full_state_dict(run.engine.module)
+    """The full EMA weights on rank 0 (empty on the others): collective only under ZeRO-3, where the
+    partitions are gathered to rank 0 alone; otherwise the other ranks copy nothing."""
+    module = run.engine.module
+    if is_zero3_partitioned(module):
+        return run.engine.ema.full_state_dict(module, dst=0)
+    return run.engine.ema.full_state_dict(module) if run.info.is_main else {}
+
+
+def _gather_raw(run: Run) -> dict[str, torch.Tensor]:
+    if is_zero3_partitioned(run.engine.module) or run.info.is_main:
+        return run.engine.full_state_dict()
+    return {}
 
 
 def _validate(run: Run) -> None:
+    if run.cfg.data.val is None:  # nothing to validate: no gather (the same on every rank)
+        return
     weights = _gather_ema(run)
     if run.validator is not None and run.eval_model is not None:
         run.eval_model.load_state_dict(weights)
@@ -247,17 +348,58 @@ def _validate(run: Run) -> None:
         run.metrics.log_image("val/grid", grid, run.state.step, caption="LR | outputs | HR")
         logger.info("validation at step %d: %s (grid %s)", run.state.step,
                     " ".join(f"{k}={v:.4g}" for k, v in scalars.items()), grid_path)
+    del weights
     distributed.barrier()
 
 
-def _save(run: Run) -> None:
-    state = {"train": asdict(run.state), "config": to_dict(run.cfg)}
-    run.checkpointer.save(run.engine, run.state.step, state, run.generators, data_state=run.stream.state_dict())
-    exports = {"ema.safetensors": _gather_ema} if run.cfg.checkpoint.export_ema else {}
+def _exports(run: Run) -> dict[str, Callable[[Run], dict[str, torch.Tensor]]]:
+    exports: dict[str, Callable[[Run], dict[str, torch.Tensor]]] = {}
+    if run.cfg.checkpoint.export_ema:
+        exports["ema.safetensors"] = _gather_ema
     if run.cfg.checkpoint.export_raw:
-        exports["model.safetensors"] = lambda r: r.engine.full_state_dict()
-    for name, gather in exports.items():
-        weights = gather(run)
-        if run.info.is_main:
+        exports["model.safetensors"] = _gather_raw
+    return exports
+
+
+def _write_export(run: Run, name: str, gather: Callable[[Run], dict[str, torch.Tensor]]) -> None:
+    weights = gather(run)
+    error = None
+    if run.info.is_main:
+        try:
             save_export(run.run_dir / name, weights, run.cfg, extra={"step": str(run.state.step)})
-        distributed.barrier()
+        except (OSError, RuntimeError) as err:
+            error = str(write_error(run.run_dir / name, err))
+    del weights
+    error = distributed.broadcast_object(error)
+    if error is not None:
+        raise CheckpointError(error)
+
+
+def _save(run: Run) -> None:
+    state = {"train": asdict(run.state), "config": to_dict(run.cfg), "identity": config_identity(to_dict(run.cfg))}
+    run.checkpointer.save(run.engine, run.state.step, state, run.generators, data_state=run.stream.state_dict())
+    for name, gather in _exports(run).items():
+        _write_export(run, name, gather)
+
+
+def export_step(path: Path) -> int | None:
+    """The step recorded in an export's metadata (None when missing or unreadable)."""
+    try:
+        return int(read_metadata(path)["step"])
+    except (OSError, KeyError, ValueError, FileNotFoundError):
+        return None
+    except Exception:  # a torn safetensors header
+        return None
+
+
+def _redo_stale_exports(run: Run) -> None:
+    """Rewrite an export that does not hold the last step (a run killed during its final export)."""
+    if run.state.step == 0:
+        return
+    stale = None
+    if run.info.is_main:
+        stale = [name for name in _exports(run) if export_step(run.run_dir / name) != run.state.step]
+    for name in distributed.broadcast_object(stale):
+        logger.warning("%s does not hold step %d (killed during its export?): writing it again", name,
+                       run.state.step)
+        _write_export(run, name, _exports(run)[name])
