@@ -220,3 +220,20 @@ def test_runs_on_the_batch_device(hr: torch.Tensor) -> None:
     a, b = (deg(hr.cuda(), torch.Generator().manual_seed(5)) for _ in range(2))
     assert a.lr.device.type == "cuda" and a.lr_up.device.type == "cuda"
     assert torch.equal(a.lr, b.lr) and _is_8bit(a.lr.cpu())
+
+
+def test_bicubic_prob_mixes_plain_bicubic_images() -> None:
+    """bicubic_prob=1: every LR is the bicubic protocol's downscale; 0.5: some are, the others keep their
+    Real-ESRGAN LR exactly (the plain draw comes after every other draw)."""
+    hr = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    plain = D.downsample_bicubic(hr, 4)
+    every = D.RealESRGANDegradation(_cfg(REALESRGAN, ["bicubic_prob=1.0"]))(hr, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(every.lr, plain, atol=0, rtol=0)
+    base = D.RealESRGANDegradation(_cfg())(hr, torch.Generator().manual_seed(3)).lr
+    half = D.RealESRGANDegradation(_cfg(REALESRGAN, ["bicubic_prob=0.5"]))(hr, torch.Generator().manual_seed(3)).lr
+    is_plain = [bool(torch.equal(half[i], plain[i])) for i in range(8)]
+    assert 0 < sum(is_plain) < 8
+    for i in range(8):
+        assert torch.equal(half[i], plain[i] if is_plain[i] else base[i])
+    with pytest.raises(ValueError, match="bicubic_prob"):
+        _cfg(REALESRGAN, ["bicubic_prob=1.5"])

@@ -133,9 +133,14 @@ class DegradationConfig:
     """Weights of area, bilinear, bicubic for the resize to HR / scale."""
     upsample_mode_probs: list[float]
     """Weights of area, bilinear, bicubic for the resize of LR back to HR size (training)."""
+    bicubic_prob: float = 0.0
+    """Share of images whose LR is the plain antialiased bicubic downscale instead (no blur, noise or JPEG):
+    a model then also learns clean inputs, as the bicubic evaluation protocol has; 0 = the paper's pipeline
+    (and no extra draw, so the other draws are unchanged)."""
 
     def __post_init__(self) -> None:
         _check(self.scale >= 1, f"degradation.scale must be >= 1, got {self.scale}")
+        _check(0 <= self.bicubic_prob <= 1, f"degradation.bicubic_prob must lie in [0, 1], got {self.bicubic_prob}")
         _check(0 <= self.second_order_prob <= 1 and 0 <= self.final_sinc_prob <= 1,
                "degradation second_order_prob and final_sinc_prob must lie in [0, 1]")
         _check_probs("degradation.final_resize_mode_probs", self.final_resize_mode_probs, 3)

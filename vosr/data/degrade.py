@@ -349,4 +349,9 @@ class RealESRGANDegradation:
         second = torch.rand(b, generator=generator) < self.cfg.second_order_prob
         x, sizes = self._second_pass(x, sizes, lr_size, second, generator, device_gen)
         lr = self._final(x, sizes, lr_size, second, generator)  # float, unquantised
+        if self.cfg.bicubic_prob > 0:
+            plain = torch.nonzero(torch.rand(b, generator=generator) < self.cfg.bicubic_prob).flatten()
+            if len(plain):
+                plain = plain.to(hr.device)
+                lr[plain] = _interpolate(hr[plain].float(), lr_size, "bicubic", antialias=True).to(lr.dtype)
         return DegradedPair(lr=quantise(lr), lr_up=self._upsample(lr, (h, w), train, generator))
