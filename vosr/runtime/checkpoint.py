@@ -94,7 +94,7 @@ class Checkpointer:
         t0 = time.time()
         engine.save(str(tmp_root), name, client_state={"vosr": state})
         folder = tmp_root / name
-        if self.rank == 0 or is_zero3_partitioned(engine.module):
+        if self.rank == 0 or _ema_sharded(engine):
             torch.save(engine.ema.state_dict(), folder / f"ema_rank{self.rank:05d}.pt")
         torch.save(rng_state(generators), folder / f"rng_rank{self.rank:05d}.pt")
         if data_state is not None:
@@ -126,7 +126,7 @@ class Checkpointer:
             raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {MARKER}); "
                                     "set checkpoint.resume to a complete one or to auto")
         client = engine.load(str(folder.parent), folder.name)
-        ema_file = folder / f"ema_rank{self.rank if is_zero3_partitioned(engine.module) else 0:05d}.pt"
+        ema_file = folder / f"ema_rank{self.rank if _ema_sharded(engine) else 0:05d}.pt"
         engine.ema.load_state_dict(torch.load(ema_file, map_location="cpu", weights_only=False))
         rng_file = folder / f"rng_rank{self.rank:05d}.pt"
         if rng_file.is_file():
@@ -146,3 +146,8 @@ class Checkpointer:
 
 def _summary(state: dict) -> dict:
     return {k: v for k, v in state.get("train", {}).items() if isinstance(v, (int, float, str))}
+
+
+def _ema_sharded(engine: TrainEngine) -> bool:
+    """Each rank's EMA differs (ZeRO-3, or the flat fp32 master EMA of bf16 mode): one EMA file per rank."""
+    return bool(getattr(engine.ema, "sharded", False)) or is_zero3_partitioned(engine.module)
