@@ -19,10 +19,12 @@ from vosr.data.stream import TrainStream, build_train_stream, to_unit
 from vosr.runtime import distributed
 from vosr.runtime.checkpoint import Checkpointer
 from vosr.runtime.engine import TrainEngine, seed_everything
+from vosr.runtime.memory import GIB, MemoryPlan, PeakMeter
 from vosr.runtime.perf import StepTimer, memory_stats, peak_flops
 from vosr.runtime.preemption import EXIT_PREEMPTED, PreemptionFlag
 from vosr.runtime.tracking import MetricsLogger, cut_metrics, setup_logging
 from vosr.training.export import save_export
+from vosr.training.memory_plan import run_memory_plan
 from vosr.training.setup import (
     FrozenParts,
     Objective,
@@ -71,6 +73,10 @@ class Run:
     stream: TrainStream
     skips: SkipLog
     """Distinct skipped samples of the whole run, all ranks (filled on rank 0, from skipped.jsonl on resume)."""
+    memory_plan: MemoryPlan | None = None
+    """The memory model's prediction for this rank (logged at start-up, and beside the measured peak)."""
+    meter: PeakMeter | None = None
+    """Measures the peak since just before the frozen parts were built; read at the first log step."""
 
 
 def run_training(cfg: RunConfig, build: BuildFn) -> int:
@@ -95,8 +101,12 @@ def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: 
     stream = build_train_stream(cfg.data, rank=info.rank, world_size=info.world_size, seed=cfg.seed)
     seed_everything(cfg.seed, info.rank)
     generators = make_generators(cfg, info.rank, device)
+    meter = PeakMeter(device).start()
     parts = build_frozen_parts(cfg, device)
     model, objective = build(cfg, parts, device)
+    plan = run_memory_plan(cfg, model, parts, world_size=info.world_size, device=device, rank=info.rank)
+    logger.info("memory model per rank (ZeRO-%d, world %d, %s): %s", cfg.engine.zero_stage, info.world_size,
+                cfg.engine.precision, plan.describe())
     validate = cfg.data.val is not None and cfg.log.val_every > 0
     eval_model = copy.deepcopy(model).requires_grad_(False).eval() if validate and info.is_main else None
     engine = TrainEngine(model, cfg.engine, cfg.optim, micro_batch=cfg.data.batch_size, world=info, device=device)
@@ -112,7 +122,7 @@ def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: 
     validator = Validator(cfg, parts, device, run_dir) if validate and info.is_main else None
     return Run(cfg=cfg, info=info, device=device, run_dir=run_dir, parts=parts, engine=engine, objective=objective,
                checkpointer=checkpointer, generators=generators, state=state, metrics=metrics, validator=validator,
-               eval_model=eval_model, stream=stream, skips=skips)
+               eval_model=eval_model, stream=stream, skips=skips, memory_plan=plan, meter=meter)
 
 
 def _resume(cfg: RunConfig, engine: TrainEngine, checkpointer: Checkpointer,
@@ -142,6 +152,8 @@ def _loop(run: Run) -> int:
     data = iter(run.stream)
     flag = PreemptionFlag().install()
     timer, window = StepTimer(), defaultdict(float)
+    if run.meter is not None:
+        run.meter.mark()  # what the first steps allocate, apart from imports and set-up
     bar = tqdm(initial=state.step, total=cfg.optim.max_steps, disable=not (info.is_main and cfg.log.progress),
                desc=cfg.stage, dynamic_ncols=True)
     try:
@@ -223,12 +235,28 @@ def _log(run: Run, window: dict[str, float], timer: StepTimer, bar: tqdm) -> Non
     grad_norm = run.engine.grad_norm()
     if grad_norm is not None:
         scalars["optim/grad_norm"] = grad_norm
+    if run.meter is not None and run.memory_plan is not None:  # the first log step: prediction beside the peak
+        scalars.update(_memory_report(run))
+        run.meter = None
     run.metrics.log(scalars, run.state.step)
     loss_key = next((k for k in scalars if k.startswith("loss/")), None)
     if info.is_main:
         bar.set_postfix(loss=f"{scalars[loss_key]:.4f}" if loss_key else "-",
                         img_s=f"{scalars['perf/images_per_s']:.1f}")
         logger.info("step %d %s", run.state.step, " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
+
+
+def _memory_report(run: Run) -> dict[str, float]:
+    """The memory model beside the measured peak: in all, since before the frozen parts were built, and what the
+    first steps allocated (since just before them; on the CPU this one is free of import and set-up noise)."""
+    plan, meter = run.memory_plan, run.meter
+    steps_pred = plan.allocated_by_steps(optimizer_state_exists=run.state.restart > 0)
+    total, steps = meter.peak(), meter.since_mark()
+    logger.info("memory per rank: predicted %.4g GiB, measured peak %.4g GiB; first steps: predicted %.4g GiB, "
+                "measured %.4g GiB (ratio %.3f); measured as %s", plan.total / GIB, total / GIB, steps_pred / GIB,
+                steps / GIB, steps / steps_pred if steps_pred else float("nan"), meter.method)
+    return {"memory/predicted(GiB)": plan.total / GIB, "memory/measured_peak(GiB)": total / GIB,
+            "memory/steps_predicted(GiB)": steps_pred / GIB, "memory/steps_measured(GiB)": steps / GIB}
 
 
 def _gather_ema(run: Run) -> dict[str, torch.Tensor]:
