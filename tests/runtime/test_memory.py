@@ -11,9 +11,10 @@ P = 1_000_000
 
 def test_zero_stages_shard_what_they_should():
     z0, z1, z2, z3 = (state_bytes(trainable=P, zero_stage=z, world_size=8, precision="fp32") for z in range(4))
-    assert z0["optimizer"] == 8 * P and z1["optimizer"] == z2["optimizer"] == z3["optimizer"] == P
+    assert z0["optimizer"] == 12 * P and z1["optimizer"] == z2["optimizer"] == z3["optimizer"] == 12 * P / 8
     assert z0["master"] == 0 and z1["master"] == 4 * P / 8
-    assert z1["grads"] == 4 * P and z2["grads"] == 4 * P / 8 and z3["grads"] == 4 * P / 8
+    assert z0["grads"] == 4 * P and z1["grads"] == 4 * P + 4 * P / 8  # + DeepSpeed's flat fp32 copy
+    assert z2["grads"] == z3["grads"] == 2 * 4 * P / 8
     assert z2["params"] == 4 * P and z3["params"] == 4 * P / 8
     assert z2["ema"] == 4 * P and z3["ema"] == 4 * P / 8
     assert z2["grad_buckets"] == 2 * 5e8 * 4 and z3["grad_buckets"] == 5e8 * 4  # allocated whole on a GPU
