@@ -18,7 +18,8 @@ def test_zero_stages_shard_what_they_should():
     assert z2["params"] == 4 * P and z3["params"] == 4 * P / 8
     assert z2["ema"] == 4 * P and z3["ema"] == 4 * P / 8
     assert z2["grad_buckets"] == 2 * 5e8 * 4 and z3["grad_buckets"] == 5e8 * 4  # allocated whole on a GPU
-    assert state_bytes(trainable=P, zero_stage=2, world_size=8, precision="fp32", resident=True)["grad_buckets"] == 4 * P
+    resident = state_bytes(trainable=P, zero_stage=2, world_size=8, precision="fp32", resident=True)
+    assert resident["grad_buckets"] == 4 * P  # on the CPU only the pages the gradients fill
 
 
 def test_bf16_mode_halves_params_and_grads_and_shards_the_ema():

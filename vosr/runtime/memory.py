@@ -28,7 +28,6 @@ holds more than is listed here, e.g. gathered parameters).
 """
 from __future__ import annotations
 
-import os
 import resource
 from dataclasses import dataclass, fields
 
@@ -178,7 +177,9 @@ class PeakMeter:
         if self.device.type == "cuda":
             return float(torch.cuda.max_memory_allocated(self.device))
         hwm = _status_kib("VmHWM")
-        return float(hwm * 1024) if hwm is not None else float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        if hwm is None:
+            return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        return float(hwm * 1024)
 
     def _reset(self) -> None:
         if self.device.type == "cuda":
@@ -210,7 +211,3 @@ class PeakMeter:
     def since_mark(self) -> float:
         """Bytes: the peak since ``mark`` minus the level at ``mark``."""
         return self._high() - self.mark_level
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
