@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing")
     p.add_argument("--zero-stage", type=int, default=2)
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16" if gpu else "fp32")
+    p.add_argument("--precision", choices=("bf16", "bf16_autocast", "fp32"), default="bf16" if gpu else "fp32")
     return p.parse_args(argv)
 
 

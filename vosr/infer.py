@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto = cuda when available)")
     p.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default="fp32", help="transformer precision")
+    p.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the transformer and encoders once per shape (default backend inductor; "
+                        "'eager' only traces); on CUDA a batch-1 one-step image that fits one tile replays a "
+                        "CUDA graph of the whole pipeline")
     p.add_argument("--max-pixels", type=int, default=8_388_608, help="skip inputs with more pixels (width x height)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return p
@@ -83,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                              device=resolve_device(args.device), dtype=getattr(torch, DTYPE_NAMES[args.dtype]))
         pipe.sample_options(args.steps, args.guidance, args.weak_anchor,  # sampler flags fail before any work
                             guidance_lr=args.guidance_lr, guidance_sem=args.guidance_sem)
+        if args.compile:
+            pipe.compile(backend=args.compile)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2

@@ -84,6 +84,20 @@ def build_argv(stage: str, config: str | None, extra: list[str], world_size: int
     return ["--config", str(path), *overrides, f"run_dir={run_dir}"]
 
 
+def memory_summary(stage_argv: list[str], res: Resources) -> str:
+    """The memory model's per-rank bytes for the run ``stage_argv`` describes, at the job's world size."""
+    from vosr.runtime.memory import GIB
+    from vosr.training.memory_plan import config_memory_plan
+
+    cfg = load_run_config(stage_argv[1], stage_argv[2:])
+    world = res.nodes * (res.tasks_per_node or res.gpus_per_node or 1)
+    plan = config_memory_plan(cfg, world_size=world, device_type="cuda" if res.gpus_per_node else "cpu")
+    rows = "\n".join(f"  {k:<13} {v / GIB:9.3f} GiB" for k, v in plan.as_dict().items())
+    return (f"memory model per rank: ZeRO-{cfg.engine.zero_stage}, {world} ranks, {cfg.engine.precision}, "
+            f"micro-batch {cfg.data.batch_size}, {cfg.data.crop_size}^2 crops, grad_checkpointing="
+            f"{cfg.model.grad_checkpointing} (activations are estimated; see vosr/runtime/memory.py)\n{rows}")
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     """Launcher flags, and the rest (overrides, or the stage's own flags after ``--``)."""
     parser = argparse.ArgumentParser(
@@ -131,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         logger.info("dry run: would submit %s on %s with %s\n  argv: %s", args.stage, args.cluster, asdict(res),
                     " ".join(stage_argv))
+        if args.stage in CONFIG_STAGES:
+            print(memory_summary(stage_argv, res), flush=True)
         return 0
     job = submit(args.stage, stage_argv, res, cluster=args.cluster, folder=args.folder)
     if not args.wait:

@@ -275,14 +275,22 @@ class OptimConfig:
 class EngineConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     """DeepSpeed ZeRO stage."""
-    precision: Literal["bf16", "fp32"] = "bf16"
-    """Compute precision of the trained model (master weights stay fp32)."""
+    precision: Literal["bf16", "bf16_autocast", "fp32"] = "bf16"
+    """bf16: DeepSpeed's bf16 mode (bf16 parameters, gradients and their communication; fp32 master weights and
+    optimizer state inside DeepSpeed, partitioned by ZeRO; the fp32 EMA follows the master weights), forward
+    under bf16 autocast; needs zero_stage >= 1. bf16_autocast: fp32 parameters, gradients and communication,
+    forward and backward under bf16 autocast (the earlier "bf16"). fp32: everything in fp32."""
     global_batch_size: int | None = None
     """If set, must equal data.batch_size x optim.grad_accum x world size."""
     deterministic: bool = False
     """Deterministic algorithms (slower)."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """Process-group backend; auto = nccl on GPU, gloo on CPU."""
+
+    def __post_init__(self) -> None:
+        _check(self.precision != "bf16" or self.zero_stage >= 1,
+               "engine.precision=bf16 (DeepSpeed's bf16 mode) needs engine.zero_stage >= 1; "
+               "use engine.precision=bf16_autocast with engine.zero_stage=0")
 
 
 @dataclass(kw_only=True)

@@ -84,6 +84,15 @@ class SRPipeline:
         self.semantic = None if semantic is None else semantic.to(self.device, dtype)
         self.config = config
         self.scale = config.data.scale
+        self.cuda_graphs = False
+        """Batch-1 one-step upscales of one tile replay a captured CUDA graph (``compile``; CUDA only)."""
+        self.graphs: dict = {}
+
+    def compile(self, *, backend: str = "inductor", mode: str | None = None, cuda_graphs: bool | None = None) -> None:
+        """``torch.compile`` the transformer and encoders (once per shape); see ``vosr.inference.fast``."""
+        from vosr.inference.fast import compile_pipeline
+
+        compile_pipeline(self, backend=backend, mode=mode, cuda_graphs=cuda_graphs)
 
     @property
     def multiple(self) -> int:
@@ -161,6 +170,10 @@ class SRPipeline:
         lr_up = self.prepare(lr01, scale)  # (B, 3, H, W)
         height, width = lr_up.shape[-2:]
         padded = pad_to_multiple(lr_up, self.multiple)
+        if self.cuda_graphs:
+            out = self._graph_upscale(padded, tiles, opts, seed)
+            if out is not None:
+                return apply_color_fix(out[..., :height, :width].clamp(0, 1), lr_up, color_fix).float().cpu()
         bar = self._progress_bar(padded, tiles, opts.steps, progress)
         z_lq = self.encode(padded, tiles, bar.update).to(self.dtype)  # (B, C, H/d, W/d)
         grid = self.latent_grid(tuple(z_lq.shape[-2:]), tiles)
@@ -176,6 +189,19 @@ class SRPipeline:
         out = self.decode(z_hq.float(), tiles, bar.update)[..., :height, :width].clamp(0, 1)
         bar.close()
         return apply_color_fix(out, lr_up, color_fix).float().cpu()
+
+    def _graph_upscale(self, padded: Tensor, tiles: TileOptions, opts: SampleOptions, seed: int) -> Tensor | None:
+        """The CUDA-graph path (``vosr.inference.fast``) when it applies, else None: decoded (1, 3, H, W)."""
+        from vosr.inference.fast import can_use_graph, graph_for
+
+        d = self.autoencoder.downsample
+        latent_hw = (padded.shape[-2] // d, padded.shape[-1] // d)
+        single = len(self.latent_grid(latent_hw, tiles)) == 1 and self._ae_grid(latent_hw, tiles) is None
+        if not can_use_graph(self, padded, student=opts.student, steps=opts.steps, single_tile=single):
+            return None
+        shape = (padded.shape[0], self.autoencoder.latent_channels, *latent_hw)
+        noise = randn(shape, torch.Generator().manual_seed(seed), self.device).to(self.dtype)
+        return graph_for(self, padded, noise)(padded, noise)
 
     def _progress_bar(self, padded: Tensor, tiles: TileOptions, steps: int, progress: bool | str):
         """A tqdm bar over every tile pass of one upscale: encode, semantic tokens, each step, decode."""

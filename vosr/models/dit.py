@@ -191,7 +191,7 @@ class VOSRDiT(nn.Module):
             got = None if z is None else tuple(z.shape)
             raise ValueError(f"semantic tokens must be (B, M, {self.cfg.semantic_dim}), got {got}; "
                              "check semantic.* matches the model's semantic_dim")
-        return self.mlp_ca(self.layer_norm(z))
+        return self.mlp_ca(self.layer_norm(z.to(self.layer_norm.weight.dtype)))  # bf16 params: CPU needs one dtype
 
     # -- forward ------------------------------------------------------------------------
 

@@ -123,7 +123,7 @@ class Checkpointer:
         try:
             with named_writes():
                 engine.save(str(tmp_root), name, client_state={"vosr": state})
-                if self.rank == 0 or is_zero3_partitioned(engine.module):
+                if self.rank == 0 or _ema_sharded(engine):
                     safe_save(engine.ema.state_dict(), folder / f"ema_rank{self.rank:05d}.pt")
                 safe_save(rng_state(generators), folder / f"rng_rank{self.rank:05d}.pt")
             if data_state is not None:
@@ -206,7 +206,7 @@ class Checkpointer:
             raise CheckpointError(f"checkpoint.resume: {problems[0]}; name another checkpoint, or use auto")
         with weights_only_loads():  # DeepSpeed's own torch.load calls too: no code runs from a checkpoint
             client = engine.load(str(folder.parent), folder.name)
-        ema_file = folder / f"ema_rank{self.rank if is_zero3_partitioned(engine.module) else 0:05d}.pt"
+        ema_file = folder / f"ema_rank{self.rank if _ema_sharded(engine) else 0:05d}.pt"
         engine.ema.load_state_dict(safe_load(ema_file))
         rng_file = folder / f"rng_rank{self.rank:05d}.pt"
         if rng_file.is_file():
@@ -293,3 +293,8 @@ def checkpoint_identity(folder: Path) -> dict | None:
 
 def _summary(state: dict) -> dict:
     return {k: v for k, v in state.get("train", {}).items() if isinstance(v, (int, float, str))}
+
+
+def _ema_sharded(engine: TrainEngine) -> bool:
+    """Each rank's EMA differs (ZeRO-3, or the flat fp32 master EMA of bf16 mode): one EMA file per rank."""
+    return bool(getattr(engine.ema, "sharded", False)) or is_zero3_partitioned(engine.module)

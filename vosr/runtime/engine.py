@@ -1,9 +1,16 @@
 """The DeepSpeed engine around a plain ``nn.Module``: ZeRO config, AdamW, warm-up, EMA, stepping.
 
 The engine knows nothing about super-resolution: it receives a built model and a loss.
-Precision: the trained weights, gradients and their accumulation stay fp32 (DeepSpeed's
-master copy); the forward and backward run under ``torch.autocast`` in bf16 when
-``engine.precision=bf16``, which keeps RMSNorm/softmax in fp32 and needs no loss scaling.
+Precision (``engine.precision``):
+
+- ``bf16``: DeepSpeed's bf16 mode. The module's parameters and gradients are bf16, so gradient
+  reduce-scatters and ZeRO-3 all-gathers move half the bytes of fp32; DeepSpeed keeps the fp32
+  master weights, their fp32 gradient partition and the AdamW state, partitioned by ZeRO (stage
+  >= 1). The forward runs under bf16 autocast too (inputs are cast, RMSNorm/softmax stay fp32, no
+  loss scaling). The EMA and the raw export read the fp32 master weights, never the bf16 copies.
+- ``bf16_autocast``: fp32 parameters, gradients and communication; forward and backward under
+  ``torch.autocast`` in bf16 (what ``bf16`` meant before).
+- ``fp32``: no autocast.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from torch import nn
 from vosr.config import EngineConfig, OptimConfig
 from vosr.runtime import distributed
 from vosr.runtime.distributed import WorldInfo
-from vosr.runtime.ema import EMA, is_zero3_partitioned
+from vosr.runtime.ema import EMA, FlatMasterEMA, flat_layout, gather_flat, gather_zero3, is_zero3_partitioned
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +49,16 @@ def build_ds_config(engine: EngineConfig, optim: OptimConfig, micro_batch: int, 
         "gradient_accumulation_steps": optim.grad_accum,
         "gradient_clipping": optim.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": False},  # compute precision is autocast; see the module docstring
+        "bf16": {"enabled": engine.precision == "bf16"},  # DeepSpeed's bf16 mode; see the module docstring
         "fp16": {"enabled": False},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+PRECISION_NAMES = {"bf16": "DeepSpeed bf16 (bf16 params/grads, fp32 master + optimizer state)",
+                   "bf16_autocast": "bf16 autocast over fp32 params/grads", "fp32": "fp32"}
 
 
 def warmup_constant(warmup_steps: int):
@@ -63,7 +74,7 @@ class TrainEngine:
     ds: object
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    ema: EMA
+    ema: EMA | FlatMasterEMA
     precision: str
 
     def __init__(self, model: nn.Module, engine_cfg: EngineConfig, optim_cfg: OptimConfig, *, micro_batch: int,
@@ -85,9 +96,26 @@ class TrainEngine:
         self.ds, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, lr_scheduler=self.scheduler,
                                                 config=ds_config, dist_init_required=False)
         self.optimizer = self.ds.optimizer
-        self.ema = EMA(self.module, optim_cfg.ema_decay, optim_cfg.ema_warmup)
-        logger.info("DeepSpeed ZeRO-%d, %s compute, global batch %d, EMA decay %g", engine_cfg.zero_stage,
-                    self.precision, ds_config["train_batch_size"], optim_cfg.ema_decay)
+        self.zero_stage = engine_cfg.zero_stage
+        self.ema = self._build_ema(optim_cfg)
+        logger.info("DeepSpeed ZeRO-%d, %s, global batch %d, EMA decay %g", engine_cfg.zero_stage,
+                    PRECISION_NAMES[self.precision], ds_config["train_batch_size"], optim_cfg.ema_decay)
+
+    @property
+    def master_weights_separate(self) -> bool:
+        """The module holds bf16 copies; the fp32 master weights live in DeepSpeed's optimizer."""
+        return self.precision == "bf16"
+
+    def _build_ema(self, optim_cfg: OptimConfig) -> EMA | FlatMasterEMA:
+        """The fp32 EMA, following the fp32 master weights (see ``vosr.runtime.ema``)."""
+        if not self.master_weights_separate:
+            return EMA(self.module, optim_cfg.ema_decay, optim_cfg.ema_warmup)
+        if self.zero_stage == 3:
+            from deepspeed.utils import safe_get_local_fp32_param
+
+            return EMA(self.module, optim_cfg.ema_decay, optim_cfg.ema_warmup,
+                       source=lambda params: [safe_get_local_fp32_param(p) for p in params])
+        return FlatMasterEMA(self.module, self.optimizer, optim_cfg.ema_decay, optim_cfg.ema_warmup)
 
     @property
     def module(self) -> nn.Module:
@@ -103,8 +131,8 @@ class TrainEngine:
         return float(self.scheduler.get_last_lr()[0])
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed-precision context for forward passes."""
-        if self.precision == "bf16":
+        """Mixed-precision context for forward passes (bf16 and bf16_autocast)."""
+        if self.precision in ("bf16", "bf16_autocast"):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -125,12 +153,27 @@ class TrainEngine:
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained (non-EMA) weights and buffers as one fp32 CPU state dict; collective under ZeRO-3."""
         module = self.module
+        if self.master_weights_separate:
+            return self.master_state_dict()
         if not is_zero3_partitioned(module):
             return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
             return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def master_state_dict(self) -> dict[str, torch.Tensor]:
+        """DeepSpeed's fp32 master weights (bf16 mode) gathered into one CPU state dict, plus buffers; collective."""
+        module = self.module
+        if self.zero_stage == 3:
+            from deepspeed.utils import safe_get_local_fp32_param
+
+            names = [n for n, p in module.named_parameters() if p.requires_grad]
+            local = {n: safe_get_local_fp32_param(p) for n, p in module.named_parameters() if p.requires_grad}
+            return gather_zero3(module, names, local)
+        return gather_flat(module, flat_layout(module, self.optimizer),
+                           list(self.optimizer.single_partition_of_fp32_groups))
 
     def grad_norm(self) -> float | None:
         norm = self.ds.get_global_grad_norm()

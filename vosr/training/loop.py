@@ -21,6 +21,7 @@ from vosr.runtime import distributed
 from vosr.runtime.checkpoint import Checkpointer, checkpoint_identity, complete_checkpoints
 from vosr.runtime.ema import is_zero3_partitioned
 from vosr.runtime.engine import TrainEngine, seed_everything
+from vosr.runtime.memory import GIB, MemoryPlan, PeakMeter
 from vosr.runtime.perf import StepTimer, memory_stats, peak_flops
 from vosr.runtime.preemption import EXIT_PREEMPTED, PreemptionFlag
 from vosr.runtime.safeload import CheckpointError, write_error
@@ -28,6 +29,7 @@ from vosr.runtime.tracking import MetricsLogger, cut_metrics, setup_logging
 from vosr.training.export import read_metadata, save_export
 from vosr.training.guard import RunError, RunLock, check_identity, config_identity, remove_leftovers
 from vosr.training.preflight import derive_grad_accum
+from vosr.training.memory_plan import run_memory_plan
 from vosr.training.setup import (
     FrozenParts,
     Objective,
@@ -78,6 +80,10 @@ class Run:
     """Distinct skipped samples of the whole run, all ranks (filled on rank 0, from skipped.jsonl on resume)."""
     flag: PreemptionFlag
     """Preemption signals, installed by the entry point before any slow start-up."""
+    memory_plan: MemoryPlan | None = None
+    """The memory model's prediction for this rank (logged at start-up, and beside the measured peak)."""
+    meter: PeakMeter | None = None
+    """Measures the peak since just before the frozen parts were built; read at the first log step."""
 
 
 def run_training(cfg: RunConfig, build: BuildFn, flag: PreemptionFlag | None = None) -> int:
@@ -179,8 +185,12 @@ def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: 
         raise RunError(str(err)) from err
     seed_everything(cfg.seed, info.rank)
     generators = make_generators(cfg, info.rank, device)
+    meter = PeakMeter(device).start()
     parts = build_frozen_parts(cfg, device)
     model, objective = build(cfg, parts, device)
+    plan = run_memory_plan(cfg, model, parts, world_size=info.world_size, device=device, rank=info.rank)
+    logger.info("memory model per rank (ZeRO-%d, world %d, %s): %s", cfg.engine.zero_stage, info.world_size,
+                cfg.engine.precision, plan.describe())
     validate = cfg.data.val is not None and cfg.log.val_every > 0
     eval_model = copy.deepcopy(model).requires_grad_(False).eval() if validate and info.is_main else None
     engine = TrainEngine(model, cfg.engine, cfg.optim, micro_batch=cfg.data.batch_size, world=info, device=device)
@@ -196,7 +206,7 @@ def _setup(cfg: RunConfig, build: BuildFn, info: distributed.WorldInfo, device: 
     validator = Validator(cfg, parts, device, run_dir) if validate and info.is_main else None
     return Run(cfg=cfg, info=info, device=device, run_dir=run_dir, parts=parts, engine=engine, objective=objective,
                checkpointer=checkpointer, generators=generators, state=state, metrics=metrics, validator=validator,
-               eval_model=eval_model, stream=stream, skips=skips, flag=flag)
+               eval_model=eval_model, stream=stream, skips=skips, flag=flag, memory_plan=plan, meter=meter)
 
 
 def _resume(cfg: RunConfig, engine: TrainEngine, checkpointer: Checkpointer,
@@ -230,6 +240,8 @@ def _loop(run: Run) -> int:
         return EXIT_PREEMPTED
     data = iter(run.stream)
     timer, window = StepTimer(), defaultdict(float)
+    if run.meter is not None:
+        run.meter.mark()  # what the first steps allocate, apart from imports and set-up
     bar = tqdm(initial=state.step, total=cfg.optim.max_steps, disable=not (info.is_main and cfg.log.progress),
                desc=cfg.stage, dynamic_ncols=True)
     try:
@@ -311,6 +323,9 @@ def _log(run: Run, window: dict[str, float], timer: StepTimer, bar: tqdm) -> Non
     grad_norm = run.engine.grad_norm()
     if grad_norm is not None:
         scalars["optim/grad_norm"] = grad_norm
+    if run.meter is not None and run.memory_plan is not None:  # the first log step: prediction beside the peak
+        scalars.update(_memory_report(run))
+        run.meter = None
     run.metrics.log(scalars, run.state.step)
     loss_key = next((k for k in scalars if k.startswith("loss/")), None)
     if info.is_main:
@@ -319,18 +334,32 @@ def _log(run: Run, window: dict[str, float], timer: StepTimer, bar: tqdm) -> Non
         logger.info("step %d %s", run.state.step, " ".join(f"{k}={v:.4g}" for k, v in sorted(scalars.items())))
 
 
+def _memory_report(run: Run) -> dict[str, float]:
+    """The memory model beside the measured peak: in all, since before the frozen parts were built, and what the
+    first steps allocated (since just before them; on the CPU this one is free of import and set-up noise)."""
+    plan, meter = run.memory_plan, run.meter
+    steps_pred = plan.allocated_by_steps(optimizer_state_exists=run.state.restart > 0)
+    total, steps = meter.peak(), meter.since_mark()
+    logger.info("memory per rank: predicted %.4g GiB, measured peak %.4g GiB; first steps: predicted %.4g GiB, "
+                "measured %.4g GiB (ratio %.3f); measured as %s", plan.total / GIB, total / GIB, steps_pred / GIB,
+                steps / GIB, steps / steps_pred if steps_pred else float("nan"), meter.method)
+    return {"memory/predicted(GiB)": plan.total / GIB, "memory/measured_peak(GiB)": total / GIB,
+            "memory/steps_predicted(GiB)": steps_pred / GIB, "memory/steps_measured(GiB)": steps / GIB}
+
+
 def _gather_ema(run: Run) -> dict[str, torch.Tensor]:
-    """The full EMA weights on rank 0 (empty on the others): collective only under ZeRO-3, where the
-    partitions are gathered to rank 0 alone; otherwise the other ranks copy nothing."""
+    """The full EMA weights on rank 0 (empty on the others): collective only when the EMA is sharded (ZeRO-3,
+    or bf16 mode's flat master EMA), where the partitions are gathered to rank 0 alone; otherwise the other
+    ranks copy nothing."""
     module = run.engine.module
-    if is_zero3_partitioned(module):
+    if is_zero3_partitioned(module) or getattr(run.engine.ema, "sharded", False):
         return run.engine.ema.full_state_dict(module, dst=0)
     return run.engine.ema.full_state_dict(module) if run.info.is_main else {}
 
 
 def _gather_raw(run: Run) -> dict[str, torch.Tensor]:
-    if is_zero3_partitioned(run.engine.module) or run.info.is_main:
-        return run.engine.full_state_dict()
+    if is_zero3_partitioned(run.engine.module) or run.engine.master_weights_separate or run.info.is_main:
+        return run.engine.full_state_dict()  # collective in the first two cases
     return {}
 
 

@@ -56,7 +56,8 @@ def build_teacher_and_student(cfg: RunConfig, parts: FrozenParts,
     teacher = build_model(teacher_cfg_run, parts, with_r=False)
     load_vosr_weights(teacher, weights)
     teacher.requires_grad_(False).eval()
-    teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" and cfg.engine.precision == "bf16" else None)
+    bf16 = device.type == "cuda" and cfg.engine.precision in ("bf16", "bf16_autocast")
+    teacher.to(device, dtype=torch.bfloat16 if bf16 else None)
     student = build_model(student_config(cfg), parts, with_r=True)
     load_vosr_weights(student, weights, allow_missing=STUDENT_ONLY_KEYS)
     return teacher, student
