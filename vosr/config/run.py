@@ -28,6 +28,14 @@ class ModelConfig:
     """Build the second time input ``r`` (the one-step student)."""
     with_omega: bool = False
     """Build the guidance input ``omega`` (a student distilled with distill.guidance_range)."""
+    prediction: Literal["v", "x"] = "v"
+    """What the network's last layer outputs. ``v``: the velocity (the paper, the reference, the released
+    weights). ``x``: the clean latent x0, turned into the velocity ``(x_t - x0) / max(t, x_min_t)`` inside
+    the forward, so losses, samplers and distillation are unchanged (Li & He 2025, "Back to Basics: Let
+    Denoising Generative Models Denoise"): a narrow network over high-dimensional pixel tokens cannot
+    carry the noise a velocity must reproduce, but can output the image. For small pixel-space models."""
+    x_min_t: float = 0.05
+    """``prediction: x`` only: floor of t in the division (the velocity stays finite as t -> 0)."""
     grad_checkpointing: bool = False
     """Recompute each block in backward (activation checkpointing) to save memory."""
     compile: bool = False
@@ -37,6 +45,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.patch_size >= 1, f"model.patch_size must be >= 1, got {self.patch_size}")
+        _check(0 < self.x_min_t <= 1, f"model.x_min_t must lie in (0, 1], got {self.x_min_t}")
 
 
 @dataclass(kw_only=True)

@@ -52,6 +52,9 @@ class DiTConfig:
     """Second time input r (the one-step student's ``r_embedder``)."""
     with_omega: bool = False
     """Guidance input omega (``omega_embedder``, zero-initialised): a student distilled over a guidance range."""
+    prediction: str = "v"
+    """``v``: the output is the velocity; ``x``: the output is x0, returned as ``(x_t - x0) / max(t, x_min_t)``."""
+    x_min_t: float = 0.05
     grad_checkpointing: bool = False
     input_size: int = 64
     """Latent side the ``feat_rope`` buffers are built for (64 = 512-px SD latents)."""
@@ -220,8 +223,12 @@ class VOSRDiT(nn.Module):
                 tokens = checkpoint(block, tokens, t0, s, rope, use_reentrant=False)
             else:
                 tokens = block(tokens, t0, s, rope)
-        out = self.final_layer(tokens, c)  # (B, N, p*p*C)
-        return self.unpatchify(out, h, w)  # (B, C, H, W)
+        out = self.unpatchify(self.final_layer(tokens, c), h, w)  # (B, C, H, W)
+        if self.cfg.prediction == "x":  # out is x0: the velocity of the straight path through x_t
+            x_t = x[:, self.cfg.out_channels:]  # (B, C, H, W)
+            t_floor = t.to(out.dtype).clamp(min=self.cfg.x_min_t).reshape(-1, 1, 1, 1)
+            return (x_t.to(out.dtype) - out) / t_floor
+        return out
 
     # -- utilities ----------------------------------------------------------------------
 
@@ -275,7 +282,7 @@ def dit_config(cfg: ModelConfig, *, latent_channels: int, semantic_dim: int | No
             arch[name] = getattr(cfg, name)
     return DiTConfig(**arch, patch_size=cfg.patch_size, in_channels=2 * latent_channels,
                      out_channels=latent_channels, semantic_dim=semantic_dim, with_r=cfg.with_r,
-                     with_omega=cfg.with_omega,
+                     with_omega=cfg.with_omega, prediction=cfg.prediction, x_min_t=cfg.x_min_t,
                      grad_checkpointing=cfg.grad_checkpointing, input_size=input_size)
 
 
