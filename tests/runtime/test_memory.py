@@ -51,11 +51,12 @@ def test_peak_meter_sees_a_cpu_allocation():
     assert meter.since_mark() >= 0.9 * 64 * 2**20 and meter.peak() >= meter.since_mark() - 2**20
 
 
-def test_launch_dry_run_prints_the_memory_model(capsys, tmp_path):
+def test_launch_dry_run_prints_the_memory_model(capsys, tmp_path, photo_shards):
     from tests.training.helpers import TINY
     from vosr import launch
 
     assert launch.main(["teacher", "--config", TINY, "--dry-run", "--cluster", "local", "--gpus-per-node", "0",
-                        "--tasks-per-node", "2", f"run_dir={tmp_path / 'r'}"]) == 0
+                        "--tasks-per-node", "2", f"run_dir={tmp_path / 'r'}",
+                        f"data.train=[{{shards: '{photo_shards[0].parent}'}}]"]) == 0
     out = capsys.readouterr().out
     assert "memory model per rank: ZeRO-2, 2 ranks" in out and "activations" in out and "total" in out
