@@ -34,3 +34,13 @@ def test_x_prediction_returns_the_velocity_through_x_t() -> None:
 def test_x_prediction_keeps_the_parameter_names() -> None:
     v_model, x_model = _pair()
     assert list(v_model.state_dict()) == list(x_model.state_dict())
+
+
+def test_x_residual_adds_the_condition() -> None:
+    v_model, x_model = _pair()
+    x_model.cfg.prediction = "x_residual"
+    x_in = torch.randn(2, 6, 8, 8)
+    t = torch.tensor([0.7, 0.3])
+    with torch.no_grad():
+        out, v = v_model(x_in, t, None), x_model(x_in, t, None)
+    torch.testing.assert_close(v, (x_in[:, 3:] - (x_in[:, :3] + out)) / t.view(-1, 1, 1, 1))

@@ -28,12 +28,14 @@ class ModelConfig:
     """Build the second time input ``r`` (the one-step student)."""
     with_omega: bool = False
     """Build the guidance input ``omega`` (a student distilled with distill.guidance_range)."""
-    prediction: Literal["v", "x"] = "v"
+    prediction: Literal["v", "x", "x_residual"] = "v"
     """What the network's last layer outputs. ``v``: the velocity (the paper, the reference, the released
     weights). ``x``: the clean latent x0, turned into the velocity ``(x_t - x0) / max(t, x_min_t)`` inside
     the forward, so losses, samplers and distillation are unchanged (Li & He 2025, "Back to Basics: Let
     Denoising Generative Models Denoise"): a narrow network over high-dimensional pixel tokens cannot
-    carry the noise a velocity must reproduce, but can output the image. For small pixel-space models."""
+    carry the noise a velocity must reproduce, but can output the image. For small pixel-space models.
+    ``x_residual``: x0 = condition + output, the network adds detail to its LR condition (a token narrower
+    than its pixels then still passes the LR's own detail through)."""
     x_min_t: float = 0.05
     """``prediction: x`` only: floor of t in the division (the velocity stays finite as t -> 0)."""
     grad_checkpointing: bool = False

@@ -53,7 +53,8 @@ class DiTConfig:
     with_omega: bool = False
     """Guidance input omega (``omega_embedder``, zero-initialised): a student distilled over a guidance range."""
     prediction: str = "v"
-    """``v``: the output is the velocity; ``x``: the output is x0, returned as ``(x_t - x0) / max(t, x_min_t)``."""
+    """``v``: the output is the velocity; ``x``: the output is x0, returned as ``(x_t - x0) / max(t, x_min_t)``;
+    ``x_residual``: x0 = condition + output, returned the same way."""
     x_min_t: float = 0.05
     grad_checkpointing: bool = False
     input_size: int = 64
@@ -224,8 +225,10 @@ class VOSRDiT(nn.Module):
             else:
                 tokens = block(tokens, t0, s, rope)
         out = self.unpatchify(self.final_layer(tokens, c), h, w)  # (B, C, H, W)
-        if self.cfg.prediction == "x":  # out is x0: the velocity of the straight path through x_t
-            x_t = x[:, self.cfg.out_channels:]  # (B, C, H, W)
+        if self.cfg.prediction in ("x", "x_residual"):  # out is x0: the velocity of the straight path through x_t
+            cond, x_t = x[:, :self.cfg.out_channels], x[:, self.cfg.out_channels:]  # (B, C, H, W) each
+            if self.cfg.prediction == "x_residual":
+                out = cond.to(out.dtype) + out
             t_floor = t.to(out.dtype).clamp(min=self.cfg.x_min_t).reshape(-1, 1, 1, 1)
             return (x_t.to(out.dtype) - out) / t_floor
         return out
