@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import sys
 import tarfile
@@ -51,6 +52,24 @@ def _isolated_wandb():
     if "wandb" in sys.modules:
         sys.modules["wandb"].teardown()
     os.environ.pop("WANDB_SERVICE", None)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging():
+    """Remove the log handlers an in-process run installed (``setup_logging``) after each test.
+
+    Such a handler holds the ``sys.stderr`` of its test, which pytest's capture closes afterwards;
+    a later test's log records would then fail to write and spill "Logging error" tracebacks into
+    that test's captured stderr.
+    """
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in before:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
 
 
 def real_photos() -> list[np.ndarray]:
