@@ -252,7 +252,9 @@ def downscaled(img: Image.Image, short_sides: tuple[int, ...]) -> list[tuple[int
     for side in sorted({min(s, own) for s in short_sides}, reverse=True):
         scale = side / own
         size = (max(1, round(rgb.size[0] * scale)), max(1, round(rgb.size[1] * scale)))
-        copies.append((side, rgb if size == rgb.size else rgb.resize(size, Image.LANCZOS)))
+        # reducing_gap: a box reduce first, then Lanczos over the last factor of 3 (PIL: indistinguishable
+        # from a full Lanczos in most cases, several times faster for large factors)
+        copies.append((side, rgb if size == rgb.size else rgb.resize(size, Image.LANCZOS, reducing_gap=3.0)))
     return copies
 
 
