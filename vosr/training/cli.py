@@ -79,3 +79,31 @@ def check_paths(cfg: RunConfig) -> None:
                 raise FileNotFoundError(f"distill.lpips_weight={cfg.distill.lpips_weight} needs LPIPS: {reason}; "
                                         "or set distill.lpips_weight=0")
     resolve_sources(cfg.data)  # raises FileNotFoundError naming data.train / data.mix_file
+
+
+def run_stage(argv: list[str] | None, prog: str, description: str, stage: str, builder: str) -> int:
+    """``vosr.train`` / ``vosr.distill``: parse, check the config, then train with ``builder``
+    (``"module:function"``, imported only once the config is known to be good).
+
+    First of all a preemption handler is installed: a signal during the slow start-up (imports,
+    DeepSpeed, models) is recorded, and the run exits 75 (requeue) instead of dying of the signal.
+    """
+    import importlib
+
+    from vosr.runtime.preemption import EXIT_PREEMPTED, PreemptionFlag
+
+    flag = PreemptionFlag().install()
+    try:
+        args = parse_cli(argv, prog, description)
+        with user_errors(args.debug):
+            cfg = load_cli_config(args, stage)
+        if flag.requested:
+            print(f"preempted ({flag.signal_name}) before start-up: exiting for requeue", file=sys.stderr)
+            return EXIT_PREEMPTED
+        # The heavy imports (torch, DeepSpeed) come after the arguments and the config are known to be good.
+        from vosr.training.loop import run_training
+
+        module, name = builder.split(":")
+        return run_training(cfg, getattr(importlib.import_module(module), name), flag)
+    finally:
+        flag.uninstall()

@@ -95,12 +95,7 @@ class Validator:
         scalars.update(self._baseline)
         lr_near = F.interpolate(self.lr, size=self.hr.shape[-2:], mode="nearest")
         columns = {"LR (nearest)": lr_near, "bicubic": self.lr_up, **outputs, "HR": self.hr}
-        rows = [[column[i] for column in columns.values()] for i in range(self.hr.shape[0])]
-        title = f"validation at step {step}" + (f" ({self.name})" if self.name else "")
-        grid = make_grid(rows, labels=list(columns), title=title, min_panel=GRID_PANEL)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"step_{step:08d}.png"
-        Image.fromarray(grid).save(path)
+        path, grid = self._sheet(columns, f"validation at step {step}", f"step_{step:08d}.png")
         if objective.guidance_grid:
             self.guidance_sheet(model, objective.guidance_grid, step)
         return scalars, path, grid
@@ -112,13 +107,18 @@ class Validator:
             z0 = sample(model, self.z_lq, self.sem, self.noise).float()
             columns[name] = (self.parts.autoencoder.decode(z0).float().clamp(0, 1) * 255).round() / 255
         columns["HR"] = self.hr
+        return self._sheet(columns, f"guidance at step {step}", f"guidance_{step:08d}.png")[0]
+
+    def _sheet(self, columns: dict[str, torch.Tensor], title: str, filename: str) -> tuple[Path, np.ndarray]:
+        """One labelled sheet, a row per validation crop and a column per entry of ``columns``; written to
+        ``out_dir/filename``."""
         rows = [[column[i] for column in columns.values()] for i in range(self.hr.shape[0])]
-        title = f"guidance at step {step}" + (f" ({self.name})" if self.name else "")
-        sheet = make_grid(rows, labels=list(columns), title=title, min_panel=GRID_PANEL)
+        title += f" ({self.name})" if self.name else ""
+        grid = make_grid(rows, labels=list(columns), title=title, min_panel=GRID_PANEL)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.out_dir / f"guidance_{step:08d}.png"
-        Image.fromarray(sheet).save(path)
-        return path
+        path = self.out_dir / filename
+        Image.fromarray(grid).save(path)
+        return path, grid
 
     def _score(self, name: str, out: torch.Tensor) -> dict[str, float]:
         labels = {"psnr": "psnr_y(dB)", "ssim": "ssim_y", "lpips": "lpips", "dists": "dists"}
