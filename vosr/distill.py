@@ -13,7 +13,9 @@ from vosr.training.cli import run_stage
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; ``argv`` as for the command line."""
-    return run_stage(argv, "python -m vosr.distill", "Distil a VOSR teacher into a one-step student (RCGM or shortcut).", "distill", "vosr.training.student:build_distill")
+    return run_stage(argv, "python -m vosr.distill",
+                     "Distil a VOSR teacher into a one-step student (RCGM or shortcut).",
+                     "distill", "vosr.training.student:build_distill")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ from vosr.training.cli import run_stage
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; ``argv`` as for the command line."""
-    return run_stage(argv, "python -m vosr.train", "Train the multi-step VOSR teacher (flow matching, partial conditioning).", "teacher", "vosr.training.teacher:build_teacher")
+    return run_stage(argv, "python -m vosr.train",
+                     "Train the multi-step VOSR teacher (flow matching, partial conditioning).",
+                     "teacher", "vosr.training.teacher:build_teacher")
 
 
 if __name__ == "__main__":

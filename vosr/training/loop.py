@@ -28,8 +28,8 @@ from vosr.runtime.safeload import CheckpointError, write_error
 from vosr.runtime.tracking import MetricsLogger, cut_metrics, setup_logging
 from vosr.training.export import read_metadata, save_export
 from vosr.training.guard import RunError, RunLock, check_identity, config_identity, remove_leftovers
-from vosr.training.preflight import derive_grad_accum
 from vosr.training.memory_plan import run_memory_plan
+from vosr.training.preflight import derive_grad_accum
 from vosr.training.setup import (
     FrozenParts,
     Objective,
