@@ -32,9 +32,34 @@ class ModelConfig:
     """Wrap the transformer blocks with ``torch.compile``."""
     init_from: str | None = None
     """Optional ``.safetensors`` (released VOSR keys or our export) to start from."""
+    lr_pixel_branch: bool = False
+    """LR-pixel branch (CODSR's LQ-guided feature modulation): the upsampled LR pixels, pixel-unshuffled onto the
+    token grid, give per-token (gamma, beta) for a zero-initialised time-aware SFT of the patch-embedded tokens."""
+    lr_pixel_blocks: int = 0
+    """How far the LR-pixel branch reaches: 0 = after the patch embedding only; k = also after each of the first k
+    blocks."""
+    lr_pixel_hidden: int = 64
+    """Channels of the LR-pixel branch's conv stack."""
+    degradation_condition: bool = False
+    """Degradation-aware conditioning (S3Diff): an embedding of the per-image degradation scores in [0, 1]
+    (``vosr.data.degrade.SCORE_NAMES``) is added to the time conditioning (zero-initialised)."""
+    degradation_drop: float = 0.1
+    """Training probability of dropping an image's degradation scores (the model also learns to work without)."""
+    degradation_estimator: bool = False
+    """Train a small regressor of the degradation scores on the semantic tokens jointly (its loss logged as
+    ``loss/degradation_estimator``); inference uses it when ``--degradation`` is not given."""
+    degradation_estimator_weight: float = 1.0
+    """Weight of the estimator's MSE in the training loss."""
 
     def __post_init__(self) -> None:
         _check(self.patch_size >= 1, f"model.patch_size must be >= 1, got {self.patch_size}")
+        _check(self.lr_pixel_blocks >= 0, f"model.lr_pixel_blocks must be >= 0, got {self.lr_pixel_blocks}")
+        _check(self.lr_pixel_hidden >= 1, f"model.lr_pixel_hidden must be >= 1, got {self.lr_pixel_hidden}")
+        _check(0.0 <= self.degradation_drop <= 1.0,
+               f"model.degradation_drop must be in [0, 1], got {self.degradation_drop}")
+        _check(not self.degradation_estimator or self.degradation_condition,
+               "model.degradation_estimator needs model.degradation_condition=true (it estimates its scores)")
+        _check(self.degradation_estimator_weight >= 0, "model.degradation_estimator_weight must be >= 0")
 
 
 @dataclass(kw_only=True)
@@ -116,8 +141,18 @@ class FlowConfig:
     photos (the default) and 0.5 for screen content; 1 is the conditioned branch alone."""
     weak_anchor: float = 0.15
     """Weak-anchor weight w used by the sampler's weak branch (mid-range by default)."""
+    cond_noise_map: Literal["none", "gradient"] = "none"
+    """Region-adaptive condition noise (CODSR's RGPA): ``gradient`` replaces the per-sample keep ratio a by a
+    spatial map from the Sobel gradient magnitude of the upsampled LR (textured regions get more noise);
+    ``none`` keeps the per-sample scalar a = sigmoid(N(mean, std))."""
+    cond_noise_a_min: float = 0.9
+    """Keep ratio a where the LR gradient is largest (cond_noise_map=gradient)."""
+    cond_noise_a_max: float = 0.999
+    """Keep ratio a in flat regions (cond_noise_map=gradient)."""
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.cond_noise_a_min <= self.cond_noise_a_max <= 1.0,
+               "flow.cond_noise_a_min <= flow.cond_noise_a_max must both lie in [0, 1]")
         _check(0.0 <= self.cfg_ratio <= 1.0, f"flow.cfg_ratio must be in [0, 1], got {self.cfg_ratio}")
         _check(0.0 <= self.weak_min <= self.weak_max <= 1.0,
                "flow.weak_min <= flow.weak_max must both lie in [0, 1]")
