@@ -97,7 +97,8 @@ class SemanticConfig:
     kind: Literal["none", "timm"] = "timm"
     """Frozen vision encoder giving semantic tokens; ``none`` drops the cross-attention."""
     timm_name: str = "vit_base_patch14_dinov2"
-    """timm architecture name (DINOv2 ViT-B/14 for 0.5B, ViT-L/14 for 1.4B)."""
+    """timm architecture name (DINOv2 ViT-B/14 for 0.5B, ViT-L/14 for 1.4B; DINOv3 ``vit_base_patch16_dinov3``,
+    ``vit_small_patch16_dinov3``, ``vit_large_patch16_dinov3``: GramSR's dense features)."""
     path: str | None = None
     """Local weights file (.safetensors/.pth); required unless random_init."""
     random_init: bool = False
@@ -105,7 +106,10 @@ class SemanticConfig:
     block_index: int = 8
     """Take the raw output of this block (8 for ViT-B, 17 for ViT-L), patch tokens only."""
     input_size: int = 448
-    """Square input side in pixels (448 -> 32x32 tokens for patch 14)."""
+    """Square input side in pixels (448 -> 32x32 tokens for patch 14, 28x28 for DINOv3's patch 16)."""
+    num_tokens: int | None = None
+    """Semantic tokens handed to the transformer: None = the encoder's grid ((input_size / patch)^2); a square
+    number resizes the token grid (bilinear) to that many."""
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra ``timm.create_model`` arguments (e.g. depth, embed_dim for tiny test encoders)."""
 
@@ -114,6 +118,9 @@ class SemanticConfig:
                "semantic.path is required (local DINOv2 weights file); "
                "set semantic.random_init=true only for tests, or semantic.kind=none")
         _check(self.block_index >= 0, "semantic.block_index must be >= 0")
+        _check(self.num_tokens is None or (self.num_tokens >= 1 and round(self.num_tokens ** 0.5) ** 2 ==
+                                           self.num_tokens),
+               f"semantic.num_tokens={self.num_tokens} must be a square number (a token grid) or null")
 
 
 @dataclass(kw_only=True)
