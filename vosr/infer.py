@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None, help="guidance s (default flow.guidance)")
     p.add_argument("--weak-anchor", type=float, default=None, help="weak-anchor w (default flow.weak_anchor)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same for every image)")
+    p.add_argument("--degradation", default=None, metavar="NAME=S,...",
+                   help="degradation scores in [0, 1] for a model trained with model.degradation_condition, e.g. "
+                   "noise=0.3,blur=0.5,jpeg=0.2 (names: blur, resize, noise, jpeg for both stages, or blur1 ... "
+                   "jpeg2; unnamed = 0); default: the model's estimator, if it has one")
+    p.add_argument("--cond-noise", type=float, default=0.0, metavar="S",
+                   help="region-adaptive condition noise strength in [0, 1] (more noise in textured regions, "
+                   "flow.cond_noise_a_min/max): 0 = fidelity (default), 1 = the training map, more realism")
     p.add_argument("--color-fix", choices=COLOR_FIXES, default="adain",
                    help="colour correction against the upsampled LR (default adain, as the reference)")
     p.add_argument("--tile", type=int, default=None, help="tile side in output pixels for the transformer and the "
@@ -71,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         pipe = load_pipeline(args.checkpoint, config=args.config, overrides=args.overrides,
                              device=resolve_device(args.device), dtype=getattr(torch, DTYPE_NAMES[args.dtype]))
         pipe.sample_options(args.steps, args.guidance, args.weak_anchor)  # sampler flags fail before any work
+        check_conditioning_flags(pipe, args)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
@@ -81,6 +89,18 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("done: %d produced, %d already existed, %d skipped or failed", counts["produced"],
                 counts["existing"], counts["failed"])
     return 0 if counts["produced"] or not counts["failed"] else 1
+
+
+def check_conditioning_flags(pipe, args) -> None:
+    """``--degradation`` / ``--cond-noise`` fail (ValueError) before any work when they cannot apply."""
+    from vosr.inference.files import conditioning_args
+
+    extra = conditioning_args(args)  # parses --degradation
+    if not 0.0 <= args.cond_noise <= 1.0:
+        raise ValueError(f"--cond-noise {args.cond_noise} must be in [0, 1]")
+    if "degradation" in extra and pipe.model.degradation_embed is None:
+        raise ValueError("--degradation was given, but this model has no degradation conditioning "
+                         "(model.degradation_condition=false)")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from vosr.evaluation.metrics import load_lpips
 from vosr.method.distill import distill_loss
 from vosr.method.flow import one_step, randn, sample_euler, sample_one_step
 from vosr.models.weights import load_vosr_weights
+from vosr.training import conditioning
 from vosr.training.export import R_EMBEDDER_PREFIX, export_file, load_export
 from vosr.training.setup import FrozenParts, Objective, build_model, model_flops
 
@@ -41,11 +42,12 @@ def build_teacher_and_student(cfg: RunConfig, parts: FrozenParts,
         logger.warning("teacher preset %s differs from model.preset=%s; shapes decide",
                        teacher_cfg.model.preset, cfg.model.preset)
     teacher = build_model(cfg, parts, with_r=False)
-    load_vosr_weights(teacher, weights)
+    # A teacher trained without a conditioning module gets it neutral (zero-initialised), as the student does.
+    load_vosr_weights(teacher, weights, allow_missing=conditioning.MODULE_PREFIXES)
     teacher.requires_grad_(False).eval()
     teacher.to(device, dtype=torch.bfloat16 if device.type == "cuda" and cfg.engine.precision == "bf16" else None)
     student = build_model(cfg, parts, with_r=True)
-    load_vosr_weights(student, weights, allow_missing=STUDENT_ONLY_KEYS)
+    load_vosr_weights(student, weights, allow_missing=STUDENT_ONLY_KEYS + conditioning.MODULE_PREFIXES)
     return teacher, student
 
 
@@ -79,8 +81,18 @@ def student_objective(cfg: RunConfig, teacher: nn.Module, student: nn.Module, pa
     flow, dist = cfg.flow, cfg.distill
 
     def loss(m: nn.Module, z_hq: torch.Tensor, z_lq: torch.Tensor, sem: torch.Tensor | None,
-             gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        total, stats = distill_loss(m, teacher, z_hq, z_lq, sem, flow, dist, gen)
+             gen: torch.Generator, extras: conditioning.Extras | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        if extras is None:
+            total, stats = distill_loss(m, teacher, z_hq, z_lq, sem, flow, dist, gen)
+        else:
+            bound = conditioning.bind(cfg, m, extras, gen, estimate=True)
+            bound_teacher = conditioning.bind(cfg, teacher, extras, train=False)
+            if isinstance(bound, conditioning.Bound) and isinstance(bound_teacher, conditioning.Bound):
+                bound_teacher.degradation = bound.degradation  # the same (dropped) scores for both
+            total, stats = distill_loss(bound, bound_teacher, z_hq, z_lq, sem, flow, dist, gen,
+                                        keep_map=conditioning.keep_map(cfg, extras, z_lq))
+            total, stats = conditioning.estimator_loss(cfg, bound, extras, total, stats)
+            m = bound
         if perceptual is not None:
             lp = perceptual(m, z_hq, z_lq, sem, gen)
             total = total + dist.lpips_weight * lp.float()
@@ -92,6 +104,7 @@ def student_objective(cfg: RunConfig, teacher: nn.Module, student: nn.Module, pa
     return Objective(
         name="student",
         loss=loss,
+        uses_extras=conditioning.any_module(cfg),
         sample=lambda m, z_lq, sem, noise: sample_one_step(m, z_lq, sem, noise),
         # The teacher row samples the velocity the student learns (omega, w of distill.*), so the grid
         # compares like with like; the teacher's own inference preset (flow.guidance) may differ.
