@@ -22,9 +22,13 @@ MODULES = {
     "degradation": ["model.degradation_condition=true", "model.degradation_estimator=true",
                     "model.degradation_drop=0.5"],
     "cond_noise": ["flow.cond_noise_map=gradient", "flow.cond_noise_a_min=0.8"],
+    "dinov3": ["semantic.timm_name=vit_small_patch16_dinov3", "semantic.input_size=64",
+               "semantic.timm_kwargs={depth: 2, embed_dim: 32, num_heads: 2}"],
 }
 INFER = {"lr_pixel": [], "degradation": ["--degradation", "noise=0.3,blur=0.5,jpeg=0.2"],
-         "cond_noise": ["--cond-noise", "0.5"]}
+         "cond_noise": ["--cond-noise", "0.5"], "dinov3": []}
+NEUTRAL = ("lr_pixel", "degradation", "cond_noise")
+"""Modules that add parameters (or none) to the plain model; DINOv3 changes the token width."""
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +66,10 @@ def test_train_distill_infer(module: str, shards: Path, plain_teacher: Path, tmp
     # 1. vosr.train with the module on; the export carries the setting.
     teacher_dir = tmp_path / "teacher"
     assert train.main(["--config", TINY, *tiny_overrides(shards, teacher_dir, "optim.max_steps=2", "data.batch_size=2",
-                                                          "checkpoint.every_steps=2", *on)]) == 0
+                                                          "checkpoint.every_steps=2", "log.val_every=2",
+                                                          f"data.val={shards}", "data.val_size=2",
+                                                          "flow.sample_steps=2", *on)]) == 0
+    assert "val/teacher/psnr_y(dB)" in read_metrics(teacher_dir)[2]  # validation samples with the module on
     state, cfg = load_export(teacher_dir / "ema.safetensors")
     if module == "lr_pixel":
         assert cfg.model.lr_pixel_branch and cfg.model.lr_pixel_blocks == 1
@@ -71,11 +78,16 @@ def test_train_distill_infer(module: str, shards: Path, plain_teacher: Path, tmp
         assert cfg.model.degradation_condition and cfg.model.degradation_estimator
         assert any(k.startswith("degradation_head.") for k in state)
         assert "loss/degradation_estimator" in read_metrics(teacher_dir)[2]
-    else:
+    elif module == "cond_noise":
         assert cfg.flow.cond_noise_map == "gradient" and cfg.flow.cond_noise_a_min == 0.8
-    # 2. vosr.distill with the module on, from the plain teacher: the new parameters start neutral.
+    else:
+        assert cfg.semantic.timm_name == "vit_small_patch16_dinov3"
+        assert state["mlp_ca.fc1.weight"].shape[1] == 32
+    # 2. vosr.distill with the module on, from the plain teacher (the new parameters start neutral), or for
+    # DINOv3 (other token width) from the teacher just trained.
     student_dir = tmp_path / "student"
-    assert distill.main(["--config", TINY_DISTILL, f"distill.teacher={plain_teacher}",
+    source = plain_teacher if module in NEUTRAL else teacher_dir / "ema.safetensors"
+    assert distill.main(["--config", TINY_DISTILL, f"distill.teacher={source}",
                          *tiny_overrides(shards, student_dir, "optim.max_steps=1", "checkpoint.every_steps=1",
                                          "data.batch_size=2", *on)]) == 0
     # 3. vosr.infer with it on, for the module-trained teacher and the student.
@@ -93,7 +105,7 @@ def test_plain_teacher_loads_into_module_student_neutrally(plain_teacher: Path, 
     from vosr.training import student as student_stage
     from vosr.training.setup import build_frozen_parts
 
-    on = [o for opts in MODULES.values() for o in opts]
+    on = [o for name in NEUTRAL for o in MODULES[name]]
     cfg = load_run_config(TINY_DISTILL, [f"distill.teacher={plain_teacher}", f"data.train=[{{shards: '{shards}'}}]",
                                          *on])
     parts = build_frozen_parts(cfg, torch.device("cpu"))
