@@ -156,7 +156,7 @@ def train_arm(arm: str, args: argparse.Namespace, out: Path, log: Path) -> dict[
               f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", "data.shuffle_buffer_mb=64",
               f"model.hidden_size={args.width}", f"model.depth={args.depth}", f"model.num_heads={args.heads}",
               "semantic.kind=none", f"autoencoder.pixel_unshuffle={args.unshuffle}",
-              "log.every_steps=50", "log.progress=false", "log.val_every=0", "seed=0",
+              "log.every_steps=50", "log.progress=false", "log.val_every=0", "seed=0", "checkpoint.resume=none",
               "engine.precision=" + ("bf16" if torch.cuda.is_available() else "fp32"), "checkpoint.every_steps=100000",
               *arm_overrides(arm, args)]
     arm_dir = out / arm

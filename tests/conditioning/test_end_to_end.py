@@ -97,6 +97,13 @@ def test_train_distill_infer(module: str, shards: Path, plain_teacher: Path, tmp
         assert infer.main(["-c", str(ckpt), "-i", str(src), "-o", str(out), "--steps", "2", "--device", "cpu",
                            *INFER[module]]) == 0
         assert np.asarray(Image.open(out / "lr.png")).shape == (96, 160, 3)
+    if module == "degradation":  # without --degradation the estimator's scores are used
+        pipe = load_pipeline(teacher_dir / "ema.safetensors")
+        sem = torch.randn(1, 3, pipe.semantic.num_tokens, pipe.semantic.dim)  # (B, tiles, N, D)
+        scores = pipe.degradation_scores(None, sem, 1)
+        assert scores.shape == (1, 8) and 0 < scores.min() and scores.max() < 1
+        assert infer.main(["-c", str(teacher_dir / "ema.safetensors"), "-i", str(src), "-o", str(tmp_path / "est"),
+                           "--steps", "1", "--device", "cpu"]) == 0
 
 
 def test_plain_teacher_loads_into_module_student_neutrally(plain_teacher: Path, shards: Path) -> None:
