@@ -91,7 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "ablate")
-    p.add_argument("--quick", action="store_true", help="CPU size: fewer steps, smaller held-out crops")
+    p.add_argument("--quick", action="store_true", help="learn.py's CPU size (300 + 100 steps, 256^2 held-out crops) "
+                   "on any device")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--teacher-steps", type=int, default=None)
     p.add_argument("--student-steps", type=int, default=None)
@@ -109,7 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "(with --dinov3-name); default: a random tiny DINOv3")
     p.add_argument("--dinov3-name", default="vit_small_patch16_dinov3")
     args = p.parse_args(argv)
-    steps = (120, 40, 128) if args.quick else ((12000, 3000, 512) if gpu else (300, 100, 256))
+    # --quick = learn.py's CPU recipe (its steps and held-out crop) on any device; else learn.py's device defaults.
+    steps = (300, 100, 256) if args.quick or not gpu else (12000, 3000, 512)
     args.teacher_steps = steps[0] if args.teacher_steps is None else args.teacher_steps
     args.student_steps = steps[1] if args.student_steps is None else args.student_steps
     args.eval_crop = steps[2] if args.eval_crop is None else args.eval_crop
