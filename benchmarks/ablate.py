@@ -7,7 +7,7 @@ Euler steps) and the student (1 step) and scores PSNR-Y, SSIM-Y and LPIPS. It wr
 ``ablate.md`` (the table, with seconds and parameters per arm) and ``ablate.png`` (bar charts)
 into ``--out``. A measurement, not a claim: nothing is asserted about which arm wins.
 
-    python benchmarks/ablate.py --quick          # shared 2-core CPU: the six arms in ~37 min (measured)
+    python benchmarks/ablate.py --quick          # shared 2-core CPU: the six arms in ~31 min measured (+ packing once)
     python benchmarks/ablate.py                  # GPU size: learn.py's GPU recipe per arm
 
 Arms: ``baseline`` (all off), ``dinov3`` (semantic tokens from a DINOv3 ViT through timm: random
