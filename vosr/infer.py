@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "negative LO needs the = form: --guidance-sweep=-0.5:1.5:5")
     p.add_argument("--weak-anchor", type=float, default=None, help="weak-anchor w (default flow.weak_anchor)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same for every image)")
+    p.add_argument("--degradation", default=None, metavar="NAME=S,...",
+                   help="degradation scores in [0, 1] for a model trained with model.degradation_condition, e.g. "
+                   "noise=0.3,blur=0.5,jpeg=0.2 (names: blur, resize, noise, jpeg for both stages, or blur1 ... "
+                   "jpeg2; unnamed = 0); default: the model's estimator, if it has one")
+    p.add_argument("--cond-noise", type=float, default=0.0, metavar="S",
+                   help="region-adaptive condition noise strength in [0, 1] (more noise in textured regions, "
+                   "flow.cond_noise_a_min/max): 0 = fidelity (default), 1 = the training map, more realism")
     p.add_argument("--color-fix", choices=COLOR_FIXES, default="adain",
                    help="colour correction against the upsampled LR (default adain, as the reference)")
     p.add_argument("--tile", type=int, default=None, help="tile side in output pixels for the transformer and the "
@@ -89,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                             guidance_lr=args.guidance_lr, guidance_sem=args.guidance_sem)
         if args.compile:
             pipe.compile(backend=args.compile)
+        check_conditioning_flags(pipe, args)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
@@ -117,6 +125,18 @@ def _sweep(pipe, inputs: list[Path], args: argparse.Namespace) -> int:
         return 2
     logger.info("guidance sweep sheet: %s", path)
     return 0
+
+
+def check_conditioning_flags(pipe, args) -> None:
+    """``--degradation`` / ``--cond-noise`` fail (ValueError) before any work when they cannot apply."""
+    from vosr.inference.files import conditioning_args
+
+    extra = conditioning_args(args)  # parses --degradation
+    if not 0.0 <= args.cond_noise <= 1.0:
+        raise ValueError(f"--cond-noise {args.cond_noise} must be in [0, 1]")
+    if "degradation" in extra and pipe.model.degradation_embed is None:
+        raise ValueError("--degradation was given, but this model has no degradation conditioning "
+                         "(model.degradation_condition=false)")
 
 
 if __name__ == "__main__":

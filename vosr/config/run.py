@@ -44,10 +44,35 @@ class ModelConfig:
     """Wrap the transformer blocks with ``torch.compile``."""
     init_from: str | None = None
     """Optional ``.safetensors`` (released VOSR keys or our export) to start from."""
+    lr_pixel_branch: bool = False
+    """LR-pixel branch (CODSR's LQ-guided feature modulation): the upsampled LR pixels, pixel-unshuffled onto the
+    token grid, give per-token (gamma, beta) for a zero-initialised time-aware SFT of the patch-embedded tokens."""
+    lr_pixel_blocks: int = 0
+    """How far the LR-pixel branch reaches: 0 = after the patch embedding only; k = also after each of the first k
+    blocks."""
+    lr_pixel_hidden: int = 64
+    """Channels of the LR-pixel branch's conv stack."""
+    degradation_condition: bool = False
+    """Degradation-aware conditioning (S3Diff): an embedding of the per-image degradation scores in [0, 1]
+    (``vosr.data.degrade.SCORE_NAMES``) is added to the time conditioning (zero-initialised)."""
+    degradation_drop: float = 0.1
+    """Training probability of dropping an image's degradation scores (the model also learns to work without)."""
+    degradation_estimator: bool = False
+    """Train a small regressor of the degradation scores on the semantic tokens jointly (its loss logged as
+    ``loss/degradation_estimator``); inference uses it when ``--degradation`` is not given."""
+    degradation_estimator_weight: float = 1.0
+    """Weight of the estimator's MSE in the training loss."""
 
     def __post_init__(self) -> None:
         _check(self.patch_size >= 1, f"model.patch_size must be >= 1, got {self.patch_size}")
         _check(0 < self.x_min_t <= 1, f"model.x_min_t must lie in (0, 1], got {self.x_min_t}")
+        _check(self.lr_pixel_blocks >= 0, f"model.lr_pixel_blocks must be >= 0, got {self.lr_pixel_blocks}")
+        _check(self.lr_pixel_hidden >= 1, f"model.lr_pixel_hidden must be >= 1, got {self.lr_pixel_hidden}")
+        _check(0.0 <= self.degradation_drop <= 1.0,
+               f"model.degradation_drop must be in [0, 1], got {self.degradation_drop}")
+        _check(not self.degradation_estimator or self.degradation_condition,
+               "model.degradation_estimator needs model.degradation_condition=true (it estimates its scores)")
+        _check(self.degradation_estimator_weight >= 0, "model.degradation_estimator_weight must be >= 0")
 
 
 @dataclass(kw_only=True)
@@ -85,7 +110,8 @@ class SemanticConfig:
     kind: Literal["none", "timm"] = "timm"
     """Frozen vision encoder giving semantic tokens; ``none`` drops the cross-attention."""
     timm_name: str = "vit_base_patch14_dinov2"
-    """timm architecture name (DINOv2 ViT-B/14 for 0.5B, ViT-L/14 for 1.4B)."""
+    """timm architecture name (DINOv2 ViT-B/14 for 0.5B, ViT-L/14 for 1.4B; DINOv3 ``vit_base_patch16_dinov3``,
+    ``vit_small_patch16_dinov3``, ``vit_large_patch16_dinov3``: GramSR's dense features)."""
     path: str | None = None
     """Local weights file (.safetensors/.pth); required unless random_init."""
     random_init: bool = False
@@ -93,7 +119,10 @@ class SemanticConfig:
     block_index: int = 8
     """Take the raw output of this block (8 for ViT-B, 17 for ViT-L), patch tokens only."""
     input_size: int = 448
-    """Square input side in pixels (448 -> 32x32 tokens for patch 14)."""
+    """Square input side in pixels (448 -> 32x32 tokens for patch 14, 28x28 for DINOv3's patch 16)."""
+    num_tokens: int | None = None
+    """Semantic tokens handed to the transformer: None = the encoder's grid ((input_size / patch)^2); a square
+    number resizes the token grid (bilinear) to that many."""
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     """Extra ``timm.create_model`` arguments (e.g. depth, embed_dim for tiny test encoders)."""
 
@@ -102,6 +131,9 @@ class SemanticConfig:
                "semantic.path is required (local DINOv2 weights file); "
                "set semantic.random_init=true only for tests, or semantic.kind=none")
         _check(self.block_index >= 0, "semantic.block_index must be >= 0")
+        _check(self.num_tokens is None or (self.num_tokens >= 1 and round(self.num_tokens ** 0.5) ** 2 ==
+                                           self.num_tokens),
+               f"semantic.num_tokens={self.num_tokens} must be a square number (a token grid) or null")
 
 
 @dataclass(kw_only=True)
@@ -134,8 +166,18 @@ class FlowConfig:
     tokens, so the teacher learns the LR-only branch v(lq, 0) of per-branch guidance; 0 = today's draws."""
     val_guidance_grid: list[list[float]] = field(default_factory=list)
     """Teacher validation: (s_lr, s_sem) pairs sampled into one labelled sheet (val/guidance_*.png); [] = off."""
+    cond_noise_map: Literal["none", "gradient"] = "none"
+    """Region-adaptive condition noise (CODSR's RGPA): ``gradient`` replaces the per-sample keep ratio a by a
+    spatial map from the Sobel gradient magnitude of the upsampled LR (textured regions get more noise);
+    ``none`` keeps the per-sample scalar a = sigmoid(N(mean, std))."""
+    cond_noise_a_min: float = 0.9
+    """Keep ratio a where the LR gradient is largest (cond_noise_map=gradient)."""
+    cond_noise_a_max: float = 0.999
+    """Keep ratio a in flat regions (cond_noise_map=gradient)."""
 
     def __post_init__(self) -> None:
+        _check(0.0 <= self.cond_noise_a_min <= self.cond_noise_a_max <= 1.0,
+               "flow.cond_noise_a_min <= flow.cond_noise_a_max must both lie in [0, 1]")
         _check(0.0 <= self.cfg_ratio <= 1.0, f"flow.cfg_ratio must be in [0, 1], got {self.cfg_ratio}")
         _check(0.0 <= self.sem_drop_ratio <= 1.0, f"flow.sem_drop_ratio must be in [0, 1], got {self.sem_drop_ratio}")
         _check(all(len(pair) == 2 for pair in self.val_guidance_grid),

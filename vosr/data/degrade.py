@@ -40,6 +40,80 @@ class DegradedPair:
     """(B, 3, H/s, W/s) float in [0, 1]."""
     lr_up: Tensor
     """(B, 3, H, W) float in [0, 1]."""
+    scores: Tensor | None = None
+    """(B, len(SCORE_NAMES)) the drawn parameters of each image normalised to [0, 1] (0 = that step did not
+    degrade the image; see ``SCORE_NAMES``)."""
+
+
+SCORE_NAMES = ("blur1", "resize1", "noise1", "jpeg1", "blur2", "resize2", "noise2", "jpeg2")
+"""Degradation scores in [0, 1], per stage: ``blur`` the blur kernel's standard deviation / the config's largest
+sigma; ``resize`` the log resize factor mapped from [smallest, largest] to [0, 1] (1x = the middle of the range
+in log scale; unresized images get the score of 1x); ``noise`` the Gaussian sigma (or Poisson scale) / its
+config maximum; ``jpeg`` (100 - quality) / (100 - lowest quality), 0 when not compressed."""
+SCORE_GROUPS = {"blur": ("blur1", "blur2"), "resize": ("resize1", "resize2"), "noise": ("noise1", "noise2"),
+                "jpeg": ("jpeg1", "jpeg2")}
+"""User-facing names (``vosr.infer --degradation noise=0.3,blur=0.5,jpeg=0.2``) setting both stages at once."""
+
+
+def kernel_width(kernels: Tensor) -> Tensor:
+    """Standard deviation (pixels, per axis) of each (B, K, K) blur kernel's magnitude about its centre (sinc
+    kernels' negative lobes count by their size); 0 for a pulse."""
+    k = kernels.shape[-1]
+    pos = torch.arange(k, dtype=torch.float32) - k // 2
+    r2 = pos[:, None] ** 2 + pos[None, :] ** 2  # (K, K)
+    mag = kernels.float().cpu().abs()
+    var = (mag * r2).sum(dim=(-2, -1)) / mag.sum(dim=(-2, -1)).clamp_min(1e-12) / 2
+    return var.sqrt()
+
+
+def blur_score(kernels: Tensor, blurred: Tensor, cfg: BlurConfig) -> Tensor:
+    """(B,) kernel width / the largest sigma of ``cfg``, 0 where not ``blurred``, clamped to [0, 1]."""
+    width = kernel_width(kernels) / max(cfg.sigma[1], 1e-6)
+    return torch.where(blurred.cpu(), width, torch.zeros_like(width)).clamp(0, 1)
+
+
+def resize_score(factor: Tensor, cfg: ResizeConfig) -> Tensor:
+    """(B,) ``log f`` mapped from [log lo, log hi] (lo <= 1 <= hi, the config's range) to [0, 1]."""
+    lo, hi = min(1.0, cfg.scale_range[0]), max(1.0, cfg.scale_range[1])
+    if hi <= lo:
+        return torch.zeros_like(factor)
+    lo_t, hi_t = torch.log(torch.tensor(lo)), torch.log(torch.tensor(hi))
+    return ((torch.log(factor.clamp_min(1e-6)) - lo_t) / (hi_t - lo_t)).clamp(0, 1)
+
+
+def noise_score(draw: NoiseDraw, cfg: NoiseConfig) -> Tensor:
+    """(B,) Gaussian sigma / max sigma, or Poisson scale / max scale; 0 where no noise was added."""
+    poisson = draw.kind >= 2
+    level = draw.level.float() * 255.0 / max(cfg.sigma[1], 1e-6)
+    level = torch.where(poisson, draw.level.float() / max(cfg.poisson_scale[1], 1e-6), level)
+    return torch.where(draw.kind >= 0, level, torch.zeros_like(level)).clamp(0, 1)
+
+
+def jpeg_score(quality: Tensor, compressed: Tensor, cfg: JpegConfig) -> Tensor:
+    """(B,) (100 - quality) / (100 - lowest quality); 0 where not compressed."""
+    score = (100.0 - quality.float()) / max(100.0 - cfg.quality[0], 1e-6)
+    return torch.where(compressed.cpu(), score, torch.zeros_like(score)).clamp(0, 1)
+
+
+def parse_scores(text: str) -> Tensor:
+    """``"noise=0.3,blur=0.5,jpeg=0.2"`` -> (len(SCORE_NAMES),) scores; names of ``SCORE_GROUPS`` set both stages,
+    ``SCORE_NAMES`` one; unnamed scores are 0 (that degradation absent)."""
+    scores = dict.fromkeys(SCORE_NAMES, 0.0)
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or (name not in SCORE_GROUPS and name not in SCORE_NAMES):
+            raise ValueError(f"--degradation item {item!r}: expected NAME=VALUE with NAME one of "
+                             f"{sorted(SCORE_GROUPS)} or {list(SCORE_NAMES)}")
+        try:
+            v = float(value)
+        except ValueError:
+            raise ValueError(f"--degradation {name}={value!r}: the value must be a number in [0, 1]") from None
+        if not 0.0 <= v <= 1.0:
+            raise ValueError(f"--degradation {name}={v}: scores lie in [0, 1]")
+        for key in SCORE_GROUPS.get(name, (name,)):
+            scores[key] = v
+    return torch.tensor([scores[k] for k in SCORE_NAMES], dtype=torch.float32)
 
 
 def quantise(x: Tensor) -> Tensor:
@@ -268,9 +342,12 @@ class RealESRGANDegradation:
             raise ValueError(f"degradation needs a CPU torch.Generator for its parameter draws, got {generator.device}")
 
     def _blur(self, x: Tensor, sizes: Sizes, cfg: BlurConfig, active: Tensor,
-              generator: torch.Generator | None) -> Tensor:
+              generator: torch.Generator | None, record: dict[str, Tensor] | None = None,
+              key: str = "blur1") -> Tensor:
         kernels = sample_blur_kernels(cfg, x.shape[0], generator)  # (B, K, K), pulses where not blurred
         blurred = active & ((kernels != 0).sum(dim=(-2, -1)) > 1)
+        if record is not None:
+            record[key] = blur_score(kernels, blurred & cfg.enabled, cfg)
         return map_by_size(x, sizes, blurred, lambda sub, idx: filter2d(sub, kernels[idx]))
 
     def _noise_jpeg(self, x: Tensor, sizes: Sizes, noise: NoiseDraw | None, jpeg: tuple[Tensor, Tensor] | None,
@@ -285,31 +362,43 @@ class RealESRGANDegradation:
                            lambda sub, idx: jpeg_compress(sub, quality[idx].to(sub)))
 
     def _first_pass(self, x: Tensor, generator: torch.Generator | None,
-                    device_gen: torch.Generator | None) -> tuple[Tensor, Sizes]:
+                    device_gen: torch.Generator | None,
+                    record: dict[str, Tensor] | None = None) -> tuple[Tensor, Sizes]:
         """Blur -> random resize (relative to HR) -> noise -> JPEG, on every image."""
         cfg, b = self.cfg, x.shape[0]
         active = torch.ones(b, dtype=torch.bool)
         sizes: Sizes = [tuple(x.shape[-2:])] * b
-        x = self._blur(x, sizes, cfg.blur1, active, generator)
+        x = self._blur(x, sizes, cfg.blur1, active, generator, record, "blur1")
         new_sizes, modes = draw_resize(cfg.resize1, sizes, sizes, active, generator)
         if new_sizes != sizes:
             x = resize_each(x, sizes, new_sizes, modes, cfg.antialias)
         noise, jpeg = draw_noise(cfg.noise1, active, generator), draw_jpeg(cfg.jpeg1, active, generator)
+        if record is not None:
+            factor = torch.tensor([n[0] / s[0] for n, s in zip(new_sizes, sizes, strict=True)])
+            record["resize1"] = resize_score(factor, cfg.resize1)
+            record["noise1"] = noise_score(noise, cfg.noise1)
+            record["jpeg1"] = jpeg_score(jpeg[0], jpeg[1], cfg.jpeg1)
         return self._noise_jpeg(x, new_sizes, noise, jpeg, device_gen), new_sizes
 
     def _second_pass(self, x: Tensor, sizes: Sizes, lr_size: tuple[int, int], active: Tensor,
-                     generator: torch.Generator | None, device_gen: torch.Generator | None) -> tuple[Tensor, Sizes]:
+                     generator: torch.Generator | None, device_gen: torch.Generator | None,
+                     record: dict[str, Tensor] | None = None) -> tuple[Tensor, Sizes]:
         """Blur -> random resize (relative to HR / scale, as Real-ESRGAN) -> noise, on the ``active`` images."""
         cfg = self.cfg
-        x = self._blur(x, sizes, cfg.blur2, active, generator)
+        x = self._blur(x, sizes, cfg.blur2, active, generator, record, "blur2")
         new_sizes, modes = draw_resize(cfg.resize2, [lr_size] * x.shape[0], sizes, active, generator)
         if new_sizes != sizes:
             x = resize_each(x, sizes, new_sizes, modes, cfg.antialias)
         noise = draw_noise(cfg.noise2, active, generator)
+        if record is not None:
+            on = active.tolist() if cfg.resize2.enabled else [False] * len(new_sizes)
+            factor = torch.tensor([n[0] / lr_size[0] if a else 1.0 for n, a in zip(new_sizes, on, strict=True)])
+            record["resize2"] = resize_score(factor, cfg.resize2)
+            record["noise2"] = noise_score(noise, cfg.noise2)
         return self._noise_jpeg(x, new_sizes, noise, None, device_gen), new_sizes
 
     def _final(self, x: Tensor, sizes: Sizes, lr_size: tuple[int, int], active: Tensor,
-               generator: torch.Generator | None) -> Tensor:
+               generator: torch.Generator | None, record: dict[str, Tensor] | None = None) -> Tensor:
         """In random order per image: {resize to ``lr_size`` + final sinc} and {JPEG (``active`` only)}.
 
         Returns the float LR, not yet quantised: the reference resizes it back to the HR size
@@ -319,6 +408,8 @@ class RealESRGANDegradation:
         # Real-ESRGAN picks either order with probability 1/2 (realesrgan_model.py, feed_data).
         jpeg_first = torch.rand(b, generator=generator) < 0.5
         quality, compressed = draw_jpeg(cfg.jpeg2, active, generator)
+        if record is not None:
+            record["jpeg2"] = jpeg_score(quality, compressed, cfg.jpeg2)
         x = self._noise_jpeg(x, sizes, None, (quality, compressed & jpeg_first), None)
         modes = [RESIZE_MODES[m] for m in choice(b, cfg.final_resize_mode_probs, generator).tolist()]
         sinc = sample_final_sinc_kernels(b, cfg.final_sinc_kernel_sizes, cfg.final_sinc_cutoff,
@@ -345,13 +436,16 @@ class RealESRGANDegradation:
         b, _, h, w = hr.shape
         lr_size = (h // self.cfg.scale, w // self.cfg.scale)
         device_gen = _device_generator(generator, hr.device)
-        x, sizes = self._first_pass(hr.float(), generator, device_gen)
+        record: dict[str, Tensor] = {}
+        x, sizes = self._first_pass(hr.float(), generator, device_gen, record)
         second = torch.rand(b, generator=generator) < self.cfg.second_order_prob
-        x, sizes = self._second_pass(x, sizes, lr_size, second, generator, device_gen)
-        lr = self._final(x, sizes, lr_size, second, generator)  # float, unquantised
+        x, sizes = self._second_pass(x, sizes, lr_size, second, generator, device_gen, record)
+        lr = self._final(x, sizes, lr_size, second, generator, record)  # float, unquantised
+        scores = torch.stack([record[k].float() for k in SCORE_NAMES], dim=1).to(hr.device)  # (B, K)
         if self.cfg.bicubic_prob > 0:
             plain = torch.nonzero(torch.rand(b, generator=generator) < self.cfg.bicubic_prob).flatten()
             if len(plain):
                 plain = plain.to(hr.device)
                 lr[plain] = _interpolate(hr[plain].float(), lr_size, "bicubic", antialias=True).to(lr.dtype)
-        return DegradedPair(lr=quantise(lr), lr_up=self._upsample(lr, (h, w), train, generator))
+                scores[plain] = 0.0  # no blur, noise or JPEG: every degradation absent
+        return DegradedPair(lr=quantise(lr), lr_up=self._upsample(lr, (h, w), train, generator), scores=scores)

@@ -68,7 +68,8 @@ def upscale_file(pipe: SRPipeline, src: Path, dst: Path, args: argparse.Namespac
                         batch=args.batch)
     out = pipe.upscale(to_tensor(image.rgb), steps=args.steps, guidance=args.guidance, weak_anchor=args.weak_anchor,
                        seed=args.seed, tiles=tiles, color_fix=args.color_fix, scale=args.scale, progress=src.name,
-                       guidance_lr=getattr(args, "guidance_lr", None), guidance_sem=getattr(args, "guidance_sem", None))
+                       guidance_lr=getattr(args, "guidance_lr", None), guidance_sem=getattr(args, "guidance_sem", None),
+                       **conditioning_args(args))
     rgb = to_uint8(out)
     alpha = None if image.alpha is None else resize_alpha(image.alpha, rgb.shape[:2])
     save_image(dst, rgb, alpha, text=OUTPUT_MARKER)  # marked, so a rerun never takes it as an input
@@ -99,3 +100,15 @@ def upscale_files(pipe: SRPipeline, pairs: list[tuple[Path, Path]], args: argpar
         counts["produced"] += 1
         logger.info("%s -> %s (%dx%d) in %.2fs", src.name, dst, size[1], size[0], time.perf_counter() - start)
     return counts
+
+
+def conditioning_args(args) -> dict:
+    """``upscale`` keywords of the conditioning flags (``--degradation``, ``--cond-noise``) that were given."""
+    out = {}
+    if getattr(args, "degradation", None):
+        from vosr.data.degrade import parse_scores
+
+        out["degradation"] = parse_scores(args.degradation)
+    if getattr(args, "cond_noise", None):
+        out["cond_noise"] = float(args.cond_noise)
+    return out

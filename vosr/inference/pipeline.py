@@ -22,8 +22,9 @@ from vosr.images import resize_bicubic
 from vosr.inference.colorfix import apply_color_fix
 from vosr.inference.tiling import OnTiles, TiledDenoiser, TileGrid, make_grid, tiled_apply
 from vosr.method.distill import default_omega
-from vosr.method.flow import randn, sample_euler, sample_student
+from vosr.method.flow import gradient_keep_map, inference_keep_map, randn, sample_euler, sample_student, spherical_noise
 from vosr.models.autoencoder import Autoencoder, build_autoencoder
+from vosr.models.conditioning import lr_unshuffle_factor
 from vosr.models.dit import VOSRDiT, build_dit
 from vosr.models.semantic import SemanticEncoder, build_semantic_encoder
 from vosr.models.weights import load_vosr_weights, read_state_dict
@@ -158,12 +159,16 @@ class SRPipeline:
     def upscale(self, lr01: Tensor, *, steps: int | None = None, guidance: float | None = None,
                 weak_anchor: float | None = None, seed: int = 0, tiles: TileOptions | None = None,
                 color_fix: str = "adain", scale: float | None = None, progress: bool | str = False,
-                guidance_lr: float | None = None, guidance_sem: float | None = None) -> Tensor:
+                guidance_lr: float | None = None, guidance_sem: float | None = None,
+                degradation: Tensor | None = None, cond_noise: float = 0.0) -> Tensor:
         """Super-resolve ``lr01`` (B, 3, h, w) in [0, 1] -> (B, 3, h*s, w*s) in [0, 1] (float32, CPU).
 
         ``seed`` fixes the noise field (drawn once at full size on the CPU, so results do not
         depend on the device or the tiling); ``scale`` defaults to the model's training scale.
         ``progress`` (True, or the bar's label) shows one bar over the tiles of every stage and step.
+        ``degradation`` (K,) or (B, K) scores in [0, 1] for a model with ``model.degradation_condition``
+        (default: its estimator's, else none); ``cond_noise`` in [0, 1] applies the region-adaptive condition
+        noise map (``flow.cond_noise_a_min/max``) at that strength to the LQ latent (0 = off).
         """
         tiles = tiles or TileOptions()
         opts = self.sample_options(steps, guidance, weak_anchor, guidance_lr=guidance_lr, guidance_sem=guidance_sem)
@@ -180,7 +185,15 @@ class SRPipeline:
         sem = self.tile_semantics(padded, grid, tiles.batch, bar.update)  # (B, T, N, D) or None
         generator = torch.Generator().manual_seed(seed)
         noise = randn(tuple(z_lq.shape), generator, self.device).to(self.dtype)
-        denoiser = TiledDenoiser(self.model, grid, tiles.batch, on_tiles=bar.update)
+        if cond_noise > 0:
+            flow = self.config.flow
+            keep = inference_keep_map(gradient_keep_map(padded, tuple(z_lq.shape[-2:]), flow.cond_noise_a_min,
+                                                        flow.cond_noise_a_max), cond_noise)
+            z_lq = spherical_noise(z_lq, keep, randn(tuple(z_lq.shape), generator, self.device).to(self.dtype))
+        scores = self.degradation_scores(degradation, sem, z_lq.shape[0])
+        lr_pixels = padded.to(self.dtype) if self.model.lr_branch is not None else None
+        denoiser = TiledDenoiser(self.model, grid, tiles.batch, on_tiles=bar.update, lr_pixels=lr_pixels,
+                                 pixel_scale=self.autoencoder.downsample, degradation=scores)
         if opts.student:
             z_hq = sample_student(denoiser, z_lq, sem, noise, steps=opts.steps, omega=opts.omega)
         else:
@@ -202,6 +215,23 @@ class SRPipeline:
         shape = (padded.shape[0], self.autoencoder.latent_channels, *latent_hw)
         noise = randn(shape, torch.Generator().manual_seed(seed), self.device).to(self.dtype)
         return graph_for(self, padded, noise)(padded, noise)
+
+    def degradation_scores(self, given: Tensor | None, sem: Tensor | None, batch: int) -> Tensor | None:
+        """Scores (B, K) for the degradation embedding: ``given``, else the estimator's on the tiles' semantic
+        tokens (averaged over tiles), else None (the model then runs as trained with dropped scores)."""
+        if self.model.degradation_embed is None:
+            if given is not None:
+                raise ValueError("--degradation was given, but this model has no degradation conditioning "
+                                 "(model.degradation_condition=false)")
+            return None
+        if given is not None:
+            k = self.model.cfg.degradation_scores
+            given = given.to(self.device, self.dtype).reshape(-1, k)
+            return given.expand(batch, k) if given.shape[0] == 1 else given
+        if self.model.degradation_head is None or sem is None:
+            return None
+        est = self.model.estimate_degradation(sem.flatten(0, 1))  # (B*T, K)
+        return est.unflatten(0, sem.shape[:2]).mean(1)  # (B, K)
 
     def _progress_bar(self, padded: Tensor, tiles: TileOptions, steps: int, progress: bool | str):
         """A tqdm bar over every tile pass of one upscale: encode, semantic tokens, each step, decode."""
@@ -368,7 +398,8 @@ def load_pipeline(checkpoint: str | Path, *, config: str | None = None, override
     semantic = build_semantic_encoder(cfg.semantic)
     model = build_dit(cfg.model, latent_channels=autoencoder.latent_channels,
                       semantic_dim=None if semantic is None else semantic.dim,
-                      input_size=max(cfg.model.patch_size, cfg.data.crop_size // autoencoder.downsample))
+                      input_size=max(cfg.model.patch_size, cfg.data.crop_size // autoencoder.downsample),
+                      lr_unshuffle=lr_unshuffle_factor(autoencoder.downsample * cfg.model.patch_size, cfg.data.scale))
     load_vosr_weights(model, state, strict=True)
     logger.info("loaded %s: preset=%s with_r=%s scale=%d", checkpoint, cfg.model.preset, has_r, cfg.data.scale)
     return SRPipeline(model, autoencoder, semantic, cfg, device=device, dtype=dtype)

@@ -142,11 +142,29 @@ class TiledDenoiser:
     """
 
     def __init__(self, model: Callable[..., Tensor], grid: TileGrid, batch: int = 4,
-                 on_tiles: OnTiles | None = None) -> None:
+                 on_tiles: OnTiles | None = None, *, lr_pixels: Tensor | None = None, pixel_scale: int = 1,
+                 degradation: Tensor | None = None) -> None:
+        """``lr_pixels`` (B, 3, H * pixel_scale, W * pixel_scale): the upsampled LR, cut into the same tiles
+        for the LR-pixel branch; ``degradation`` (B, K): scores for every tile of an image."""
         self.model = model
         self.grid = grid
         self.batch = batch
         self.on_tiles = on_tiles
+        self.lr_pixels = lr_pixels
+        self.pixel_scale = pixel_scale
+        self.degradation = degradation
+
+    def _extras(self, idx: list[int], batch: int) -> dict[str, Tensor]:
+        """Keyword inputs of tiles ``idx`` for a call of ``batch`` rows per tile (B, or 2B when guided)."""
+        out: dict[str, Tensor] = {}
+        if self.lr_pixels is not None:
+            d = self.pixel_scale
+            crops = [self.lr_pixels[:, :, y0 * d:y1 * d, x0 * d:x1 * d] for (y0, y1, x0, x1)
+                     in (self.grid.boxes[i] for i in idx)]
+            out["lr_pixels"] = torch.cat([c.repeat(batch // c.shape[0], 1, 1, 1) for c in crops])
+        if self.degradation is not None:
+            out["degradation"] = self.degradation.repeat(len(idx) * batch // self.degradation.shape[0], 1)
+        return out
 
     def __call__(self, x: Tensor, t: Tensor, sem: Tensor | None, r: Tensor | None = None, *,
                  omega: Tensor | None = None) -> Tensor:
@@ -157,8 +175,11 @@ class TiledDenoiser:
             k = len(idx)
             tile_sem = None if sem is None else sem[:, idx].transpose(0, 1).flatten(0, 1)  # (k*B, N, D)
             tile_r = None if r is None else r.repeat(k)
+            extras = self._extras(idx, x.shape[0])
             if omega is not None:  # a guidance-conditioned student (B,) -> (k*B,)
-                return self.model(tiles, t.repeat(k), tile_sem, tile_r, omega=omega.repeat(k))
+                extras["omega"] = omega.repeat(k)
+            if extras:
+                return self.model(tiles, t.repeat(k), tile_sem, tile_r, **extras)
             return self.model(tiles, t.repeat(k), tile_sem, tile_r)
 
         return tiled_apply(run, x, self.grid, scale=1.0, batch=self.batch, on_tiles=self.on_tiles)

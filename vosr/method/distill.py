@@ -160,14 +160,16 @@ def draw_distill(z_hq: Tensor, flow_cfg: FlowConfig, cfg: DistillConfig,
 
 def distill_loss(student: Model, teacher: Model, z_hq: Tensor, z_lq: Tensor, sem: Tensor | None,
                  flow_cfg: FlowConfig, cfg: DistillConfig, generator: torch.Generator | None,
-                 draws: DistillDraws | None = None) -> tuple[Tensor, dict[str, float]]:
+                 draws: DistillDraws | None = None, *,
+                 keep_map: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Distillation loss ``||u(x_t, t, t) - v*||^2 + lambda ||u(x_t, t, r) - sg(target)||^2`` (METHOD.md §5).
 
     The student sees the partially mixed input (``flow_cfg.cfg_ratio`` of the samples get
     ``cfg.weak_anchor * lq`` and zero tokens, the rest spherical-noised ``lq`` and ``sem``); the
     teacher gives ``v*`` from ``lq_noised``/``sem`` and ``lq_weak``/zeros for every sample.
     z_hq, z_lq: (B, C, H, W); sem: (B, N, D) or None; ``draws`` (else drawn with ``generator``)
-    fixes every random choice. Returns the fp32 loss (with graph) and stats ``loss/distill``,
+    fixes every random choice; ``keep_map`` (B, 1, H, W) replaces the drawn keep ratio
+    (``flow.cond_noise_map``). Returns the fp32 loss (with graph) and stats ``loss/distill``,
     ``loss/distill_v`` (r = t term), ``loss/distill_u`` (t, r term, unweighted).
     """
     if z_hq.shape != z_lq.shape:
@@ -176,9 +178,10 @@ def distill_loss(student: Model, teacher: Model, z_hq: Tensor, z_lq: Tensor, sem
     draws = draws if draws is not None else draw_distill(z_hq, flow_cfg, cfg, generator)
     t, r = draws.t, draws.r  # (B,), (B,)
     x_t = interpolate(z_hq, draws.eps, t)  # (B, C, H, W)
-    lq_noised = spherical_noise(z_lq, draws.conditions.keep, draws.conditions.noise)
+    keep = draws.conditions.keep if keep_map is None else keep_map
+    lq_noised = spherical_noise(z_lq, keep, draws.conditions.noise)
     lq_weak = weak_anchor(z_lq, cfg.weak_anchor)
-    mixed = apply_conditions(z_lq, sem, draws.conditions)
+    mixed = apply_conditions(z_lq, sem, draws.conditions, keep_map=keep_map)
     omega = draws.omega
     v_star = guided_teacher_velocity(teacher, x_t, t, lq_noised, lq_weak, sem, cfg, omega)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from vosr.config.run import FlowConfig
@@ -115,9 +116,68 @@ def draw_conditions(lq: Tensor, cfg: FlowConfig, generator: torch.Generator | No
 
 
 def spherical_noise(lq: Tensor, keep: Tensor, noise: Tensor) -> Tensor:
-    """``a lq + sqrt(1 - a^2) n`` per sample (METHOD.md §4): unit variance kept for unit-variance ``lq``."""
-    a_b = per_sample(keep, lq)
+    """``a lq + sqrt(1 - a^2) n`` per sample (METHOD.md §4): unit variance kept for unit-variance ``lq``.
+
+    ``keep`` is (B,) (one ``a`` per sample) or a spatial map (B, 1, H, W) (``gradient_keep_map``).
+    """
+    a_b = per_sample(keep, lq) if keep.dim() == 1 else keep.to(device=lq.device, dtype=lq.dtype)
     return a_b * lq + torch.sqrt(1 - a_b * a_b) * noise
+
+
+# ----------------------------------------------------------------------------- region-adaptive noise
+_SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+_FLAT = 1e-6
+"""Gradient magnitudes below this are rounding noise (one 8-bit level step gives ~2e-3)."""
+_PEAK_FLOOR = 1e-3
+"""Normaliser floor: an almost flat image (peak below it) keeps most of ``a_max``, not the full range."""
+
+
+def sobel_magnitude(img01: Tensor) -> Tensor:
+    """Sobel gradient magnitude of the BT.601 luma of ``img01`` (B, 3, H, W) -> (B, 1, H, W), fp32.
+
+    Kernels normalised by 8 (a unit step gives 0.5 on each side of the edge); edges replicate-padded.
+    """
+    weights = torch.tensor([0.299, 0.587, 0.114], device=img01.device).view(1, 3, 1, 1)
+    luma = (img01.float() * weights).sum(1, keepdim=True)  # (B, 1, H, W)
+    kx = torch.tensor(_SOBEL_X, device=img01.device) / 8
+    kernels = torch.stack([kx, kx.t()])[:, None]  # (2, 1, 3, 3)
+    grads = F.conv2d(F.pad(luma, (1, 1, 1, 1), mode="replicate"), kernels)  # (B, 2, H, W)
+    return grads.pow(2).sum(1, keepdim=True).sqrt()
+
+
+def gradient_keep_map(lr_up01: Tensor, size: tuple[int, int], a_min: float, a_max: float) -> Tensor:
+    """Region-adaptive keep ratio (CODSR's RGPA): ``a = a_max - (a_max - a_min) g / max(g)`` per image.
+
+    ``g`` is the Sobel magnitude of the upsampled LR (B, 3, H, W) area-pooled to the latent grid
+    ``size`` = (h, w); the map is monotone decreasing in ``g`` (textured regions keep less of the
+    LQ latent, i.e. get more noise) and lies in [a_min, a_max]; a flat image gets ``a_max``
+    everywhere (``max(g)`` is floored at 1e-3). Returns (B, 1, h, w) fp32.
+    """
+    g = sobel_magnitude(lr_up01)
+    if tuple(g.shape[-2:]) != tuple(size):
+        g = F.interpolate(g, size=size, mode="area")
+    g = torch.where(g > _FLAT, g, torch.zeros_like(g))  # fp rounding of a flat image is flat
+    peak = g.flatten(1).amax(1).view(-1, 1, 1, 1).clamp_min(_PEAK_FLOOR)
+    return a_max - (a_max - a_min) * (g / peak)
+
+
+def condition_keep_map(lr_up01: Tensor | None, size: tuple[int, int], cfg: FlowConfig) -> Tensor | None:
+    """The spatial keep map of ``cfg.cond_noise_map`` (None for ``none``, the per-sample scalar)."""
+    if cfg.cond_noise_map == "none":
+        return None
+    if cfg.cond_noise_map != "gradient":
+        raise ValueError(f"unknown flow.cond_noise_map={cfg.cond_noise_map!r}; use none or gradient")
+    if lr_up01 is None:
+        raise ValueError("flow.cond_noise_map=gradient needs the upsampled LR image")
+    return gradient_keep_map(lr_up01, size, cfg.cond_noise_a_min, cfg.cond_noise_a_max)
+
+
+def inference_keep_map(keep_map: Tensor, strength: float) -> Tensor:
+    """Inference fidelity/realism knob: ``a = 1 - strength (1 - map)``; 0 = the clean LQ latent, 1 = the
+    training map."""
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"--cond-noise strength {strength} must be in [0, 1]")
+    return 1 - strength * (1 - keep_map)
 
 
 def noise_condition(lq: Tensor, cfg: FlowConfig, generator: torch.Generator | None) -> Tensor:
@@ -145,10 +205,15 @@ def mix_conditions(cond: Tensor, weak_cond: Tensor, sem: Tensor | None, weak: Te
     return Conditions(cond=cond_mixed, sem=sem_mixed, weak=weak)
 
 
-def apply_conditions(lq: Tensor, sem: Tensor | None, draws: ConditionDraws) -> Conditions:
+def apply_conditions(lq: Tensor, sem: Tensor | None, draws: ConditionDraws, *,
+                     keep_map: Tensor | None = None) -> Conditions:
     """Partial conditioning from given draws: spherical-noised ``lq`` with ``sem``, or ``w lq`` and zeros;
-    samples flagged in ``draws.sem_drop`` keep the noised ``lq`` with zero tokens."""
-    mixed = mix_conditions(spherical_noise(lq, draws.keep, draws.noise), weak_anchor(lq, draws.w), sem, draws.weak)
+    samples flagged in ``draws.sem_drop`` keep the noised ``lq`` with zero tokens.
+
+    ``keep_map`` (B, 1, H, W), when given, replaces the drawn per-sample ``a`` (``flow.cond_noise_map``).
+    """
+    keep = draws.keep if keep_map is None else keep_map
+    mixed = mix_conditions(spherical_noise(lq, keep, draws.noise), weak_anchor(lq, draws.w), sem, draws.weak)
     if draws.sem_drop is not None and mixed.sem is not None:
         mixed.sem = torch.where(per_sample(draws.sem_drop, mixed.sem).bool(), torch.zeros_like(mixed.sem), mixed.sem)
     return mixed
@@ -183,12 +248,14 @@ def draw_flow(z_hq: Tensor, cfg: FlowConfig, generator: torch.Generator | None) 
 
 
 def flow_loss(model: Model, z_hq: Tensor, z_lq: Tensor, sem: Tensor | None, cfg: FlowConfig,
-              generator: torch.Generator | None, draws: FlowDraws | None = None) -> tuple[Tensor, dict[str, float]]:
+              generator: torch.Generator | None, draws: FlowDraws | None = None, *,
+              keep_map: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Teacher flow-matching loss: MSE between ``model([c, x_t], t, s)`` and ``v = eps - z_hq``.
 
     z_hq, z_lq: (B, C, H, W) latents on one grid; sem: (B, N, D) or None. ``draws`` (else drawn
-    with ``generator``) fixes every random choice. Returns the scalar loss (fp32, with graph) and
-    stats ``loss/flow`` and ``flow/weak_fraction``.
+    with ``generator``) fixes every random choice; ``keep_map`` (B, 1, H, W) is the spatial keep ratio
+    of ``flow.cond_noise_map`` (None: the drawn per-sample ``a``). Returns the scalar loss (fp32, with
+    graph) and stats ``loss/flow`` and ``flow/weak_fraction``.
     """
     if z_hq.shape != z_lq.shape:
         raise ValueError(f"flow_loss: HQ latent {tuple(z_hq.shape)} and LQ latent {tuple(z_lq.shape)} differ; "
@@ -196,7 +263,7 @@ def flow_loss(model: Model, z_hq: Tensor, z_lq: Tensor, sem: Tensor | None, cfg:
     draws = draws if draws is not None else draw_flow(z_hq, cfg, generator)
     x_t = interpolate(z_hq, draws.eps, draws.t)
     target = draws.eps - z_hq  # (B, C, H, W)
-    conds = apply_conditions(z_lq, sem, draws.conditions)
+    conds = apply_conditions(z_lq, sem, draws.conditions, keep_map=keep_map)
     v_pred = model(torch.cat([conds.cond, x_t], dim=1), draws.t, conds.sem, None)  # (B, C, H, W)
     loss = (v_pred.float() - target.float()).pow(2).mean()
     if draws.conditions.sem_drop is None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from vosr.models.conditioning import DegradationEmbed, DegradationHead, LRPixelBranch, sft
 from vosr.models.layers import (
     CrossAttention,
     PatchEmbed,
@@ -59,6 +60,18 @@ class DiTConfig:
     grad_checkpointing: bool = False
     input_size: int = 64
     """Latent side the ``feat_rope`` buffers are built for (64 = 512-px SD latents)."""
+    lr_pixel_branch: bool = False
+    """Build the LR-pixel SFT branch (``lr_pixels=`` input; ``vosr.models.conditioning.LRPixelBranch``)."""
+    lr_pixel_blocks: int = 0
+    """Its reach: 0 = after the patch embedding only, k = also after each of the first k blocks."""
+    lr_pixel_hidden: int = 64
+    """Channels of its conv stack."""
+    lr_pixel_unshuffle: int = 1
+    """LR pixels per token side after area-resizing the upsampled LR (pixel-unshuffle factor)."""
+    degradation_scores: int = 0
+    """Number of degradation scores embedded into the time conditioning (``degradation=`` input); 0 = off."""
+    degradation_estimator: bool = False
+    """Build the regressor of those scores on the semantic tokens (needs semantic_dim and degradation_scores)."""
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 4:
@@ -66,6 +79,11 @@ class DiTConfig:
                              "an integer head dim divisible by 4 (2-D RoPE)")
         if self.input_size % self.patch_size:
             raise ValueError(f"latent size {self.input_size} is not a multiple of model.patch_size={self.patch_size}")
+        if self.degradation_estimator and (self.semantic_dim is None or not self.degradation_scores):
+            raise ValueError("model.degradation_estimator needs semantic tokens (semantic.kind=timm) and "
+                             "model.degradation_condition=true")
+        if self.lr_pixel_blocks > self.depth:
+            raise ValueError(f"model.lr_pixel_blocks={self.lr_pixel_blocks} exceeds the model's depth {self.depth}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -135,6 +153,12 @@ class VOSRDiT(nn.Module):
             self.mlp_ca = SemanticMLP(cfg.semantic_dim, cfg.semantic_mlp_ratio * d, d)
         self.r_embedder = TimestepEmbedder(d) if cfg.with_r else None
         self.omega_embedder = TimestepEmbedder(d) if cfg.with_omega else None
+        # Optional conditioning modules (built last, so a model without them is built exactly as before).
+        self.lr_branch = (LRPixelBranch(d, cfg.lr_pixel_unshuffle, cfg.lr_pixel_hidden, cfg.lr_pixel_blocks)
+                          if cfg.lr_pixel_branch else None)
+        self.degradation_embed = DegradationEmbed(cfg.degradation_scores, d) if cfg.degradation_scores else None
+        self.degradation_head = (DegradationHead(cfg.semantic_dim, cfg.degradation_scores)
+                                 if cfg.degradation_estimator and cfg.semantic_dim is not None else None)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -167,6 +191,9 @@ class VOSRDiT(nn.Module):
             nn.init.normal_(self.omega_embedder.mlp[0].weight, std=0.02)
             nn.init.zeros_(self.omega_embedder.mlp[2].weight)
             nn.init.zeros_(self.omega_embedder.mlp[2].bias)
+        for extra in (self.lr_branch, self.degradation_embed):
+            if extra is not None:
+                extra.reset_parameters()  # neutral at init: a model without them loads unchanged
 
     # -- conditioning -------------------------------------------------------------------
 
@@ -206,32 +233,53 @@ class VOSRDiT(nn.Module):
         return torch.einsum("bhwpqc->bchpwq", x).reshape(x.shape[0], c, h * p, w * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor | None,
-                r: torch.Tensor | None = None, *, omega: torch.Tensor | None = None) -> torch.Tensor:
+                r: torch.Tensor | None = None, *, omega: torch.Tensor | None = None,
+                degradation: torch.Tensor | None = None, lr_pixels: torch.Tensor | None = None,
+                return_degradation: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, 2C, H, W) = [condition, noisy latent]; t, r (B,) in [0, 1]; z (B, M, Dz) -> (B, C, H, W).
 
-        ``omega`` (B,) or a scalar tensor: the guidance a ``with_omega`` student samples at."""
+        ``omega`` (B,) or a scalar tensor: the guidance a ``with_omega`` student samples at. Optional inputs
+        of the conditioning modules (ignored as None): ``degradation`` (B, K) scores in [0, 1] (NaN rows =
+        none), ``lr_pixels`` (B, 3, H*d, W*d) the upsampled LR of this latent in [0, 1].
+        ``return_degradation`` also returns the estimator's scores (B, K) of ``z`` (None without one).
+        """
         p = self.cfg.patch_size
         if x.shape[-2] % p or x.shape[-1] % p:
             raise ValueError(f"latent size {tuple(x.shape[-2:])} is not a multiple of model.patch_size={p}")
         h, w = x.shape[-2] // p, x.shape[-1] // p
         tokens = self.x_embedder(x)  # (B, N, D)
         c = self.time_condition(t, r, omega)  # (B, D)
+        if degradation is not None and self.degradation_embed is not None:
+            c = c + self.degradation_embed(degradation).to(c.dtype)
         t0 = self.t_block(c)  # (B, 6D)
         s = self.semantic_tokens(z)  # (B, M, D) or None
         rope = self.feat_rope.tables(h, w, tokens.device)  # 2 x (N, head_dim)
-        for block in self.blocks:
+        lr_mods = None
+        if lr_pixels is not None and self.lr_branch is not None:
+            lr_mods = self.lr_branch(lr_pixels, (h, w), c)  # sites x (scale, shift) (B, N, D)
+            tokens = sft(tokens, lr_mods[0])
+        for i, block in enumerate(self.blocks):
             if self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled():
                 tokens = checkpoint(block, tokens, t0, s, rope, use_reentrant=False)
             else:
                 tokens = block(tokens, t0, s, rope)
+            if lr_mods is not None and i + 1 < len(lr_mods):
+                tokens = sft(tokens, lr_mods[i + 1])
         out = self.unpatchify(self.final_layer(tokens, c), h, w)  # (B, C, H, W)
         if self.cfg.prediction in ("x", "x_residual"):  # out is x0: the velocity of the straight path through x_t
             cond, x_t = x[:, :self.cfg.out_channels], x[:, self.cfg.out_channels:]  # (B, C, H, W) each
             if self.cfg.prediction == "x_residual":
                 out = cond.to(out.dtype) + out
             t_floor = t.to(out.dtype).clamp(min=self.cfg.x_min_t).reshape(-1, 1, 1, 1)
-            return (x_t.to(out.dtype) - out) / t_floor
-        return out
+            out = (x_t.to(out.dtype) - out) / t_floor
+        if not return_degradation:
+            return out
+        estimate = self.degradation_head(z) if self.degradation_head is not None and z is not None else None
+        return out, estimate
+
+    def estimate_degradation(self, z: torch.Tensor) -> torch.Tensor | None:
+        """Estimated degradation scores (B, K) of semantic tokens z (B, M, Dz); None without an estimator."""
+        return None if self.degradation_head is None else self.degradation_head(z)
 
     # -- utilities ----------------------------------------------------------------------
 
@@ -275,7 +323,7 @@ PRESETS: dict[str, dict[str, int]] = {
 
 
 def dit_config(cfg: ModelConfig, *, latent_channels: int, semantic_dim: int | None,
-               input_size: int = 64) -> DiTConfig:
+               input_size: int = 64, lr_unshuffle: int = 1) -> DiTConfig:
     """Resolve a ``ModelConfig`` (preset + overrides) into a ``DiTConfig``."""
     if cfg.preset not in PRESETS:
         raise ValueError(f"model.preset={cfg.preset!r} is unknown; choose one of {sorted(PRESETS)}")
@@ -286,14 +334,30 @@ def dit_config(cfg: ModelConfig, *, latent_channels: int, semantic_dim: int | No
     return DiTConfig(**arch, patch_size=cfg.patch_size, in_channels=2 * latent_channels,
                      out_channels=latent_channels, semantic_dim=semantic_dim, with_r=cfg.with_r,
                      with_omega=cfg.with_omega, prediction=cfg.prediction, x_min_t=cfg.x_min_t,
-                     grad_checkpointing=cfg.grad_checkpointing, input_size=input_size)
+                     grad_checkpointing=cfg.grad_checkpointing, input_size=input_size,
+                     **conditioning_kwargs(cfg, lr_unshuffle))
+
+
+def conditioning_kwargs(cfg: ModelConfig, lr_unshuffle: int = 1) -> dict[str, Any]:
+    """``DiTConfig`` fields of the optional conditioning modules from ``model.*`` (empty when all are off, so
+    a plain model's config is unchanged)."""
+    out: dict[str, Any] = {}
+    if getattr(cfg, "lr_pixel_branch", False):
+        out.update(lr_pixel_branch=True, lr_pixel_blocks=cfg.lr_pixel_blocks, lr_pixel_hidden=cfg.lr_pixel_hidden,
+                   lr_pixel_unshuffle=lr_unshuffle)
+    if getattr(cfg, "degradation_condition", False):
+        from vosr.data.degrade import SCORE_NAMES
+
+        out.update(degradation_scores=len(SCORE_NAMES), degradation_estimator=cfg.degradation_estimator)
+    return out
 
 
 def build_dit(cfg: ModelConfig, *, latent_channels: int, semantic_dim: int | None,
-              input_size: int = 64) -> VOSRDiT:
-    """Build the transformer for latents with ``latent_channels`` and semantic tokens of ``semantic_dim``."""
+              input_size: int = 64, lr_unshuffle: int = 1) -> VOSRDiT:
+    """Build the transformer for latents with ``latent_channels`` and semantic tokens of ``semantic_dim``;
+    ``lr_unshuffle`` is the LR-pixel branch's factor (``conditioning.lr_unshuffle_factor``)."""
     model = VOSRDiT(dit_config(cfg, latent_channels=latent_channels, semantic_dim=semantic_dim,
-                               input_size=input_size))
+                               input_size=input_size, lr_unshuffle=lr_unshuffle))
     if cfg.compile:
         model.compile_blocks()
     logger.info("VOSRDiT preset=%s: %.1fM parameters", cfg.preset, model.num_params() / 1e6)

@@ -1,8 +1,10 @@
-"""Frozen DINOv2 semantic encoder (through timm) giving the transformer's semantic tokens.
+"""Frozen DINOv2 / DINOv3 semantic encoder (through timm) giving the transformer's semantic tokens.
 
 METHOD.md §2: the upsampled LQ image in [0, 1] is resized bicubically to ``input_size``,
 ImageNet-normalised, and the raw output of block ``block_index`` is returned as patch
-tokens only (class and register tokens dropped, no final norm).
+tokens only (class and register tokens dropped, no final norm). DINOv2 is a timm
+``VisionTransformer``; DINOv3 (``vit_*_patch16_dinov3``, GramSR's condition) a timm ``Eva`` whose
+blocks take the rotary position embedding. ``num_tokens`` (optional) resizes the token grid.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ class SemanticEncoder(nn.Module):
     norm_mean: tuple[float, ...]
     norm_std: tuple[float, ...]
 
-    def __init__(self, vit: nn.Module, block_index: int, input_size: int) -> None:
+    def __init__(self, vit: nn.Module, block_index: int, input_size: int, num_tokens: int | None = None) -> None:
         super().__init__()
         from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -46,7 +48,16 @@ class SemanticEncoder(nn.Module):
         self.block_index = block_index
         self.input_size = input_size
         self.dim = vit.embed_dim
-        self.num_tokens = (input_size // patch) ** 2
+        self.grid = input_size // patch
+        self.eva = getattr(vit, "rope", None) is not None or getattr(vit, "patch_drop", False) is None
+        """timm ``Eva`` (DINOv3): ``_pos_embed`` returns the RoPE table the blocks take."""
+        self.out_grid = self.grid
+        if num_tokens is not None:
+            side = int(round(num_tokens ** 0.5))
+            if side * side != num_tokens or side < 1:
+                raise ValueError(f"semantic.num_tokens={num_tokens} must be a square number (a token grid)")
+            self.out_grid = side
+        self.num_tokens = self.out_grid ** 2
         self.norm_mean = tuple(IMAGENET_DEFAULT_MEAN)  # plain floats: a bf16 cast of the module keeps them exact
         self.norm_std = tuple(IMAGENET_DEFAULT_STD)
         self.requires_grad_(False)
@@ -73,11 +84,24 @@ class SemanticEncoder(nn.Module):
         weight = vit.patch_embed.proj.weight
         x = self.preprocess(lr_up01.to(weight.device)).to(weight.dtype)
         x = vit.patch_embed(x)  # (B, N, D)
-        x = vit._pos_embed(x)  # (B, prefix + N, D): class/register tokens and position embedding
-        x = vit.norm_pre(vit.patch_drop(x))
-        for block in vit.blocks:
-            x = block(x)
-        return x[:, vit.num_prefix_tokens:]  # (B, N, D)
+        if self.eva:
+            x, rope = vit._pos_embed(x)  # (B, prefix + N, D), RoPE table (or per-block tables when mixed)
+            x = vit.norm_pre(x)
+            mixed = getattr(vit, "rope_mixed", False) and rope is not None
+            for i, block in enumerate(vit.blocks):
+                x = block(x, rope=rope[i] if mixed else rope)
+        else:
+            x = vit._pos_embed(x)  # (B, prefix + N, D): class/register tokens and position embedding
+            x = vit.norm_pre(vit.patch_drop(x))
+            for block in vit.blocks:
+                x = block(x)
+        tokens = x[:, vit.num_prefix_tokens:]  # (B, N, D)
+        if self.out_grid == self.grid:
+            return tokens
+        grid = tokens.transpose(1, 2).unflatten(2, (self.grid, self.grid))  # (B, D, g, g)
+        grid = F.interpolate(grid.float(), size=(self.out_grid,) * 2, mode="bilinear", align_corners=False,
+                             antialias=self.out_grid < self.grid)
+        return grid.flatten(2).transpose(1, 2).to(tokens.dtype)  # (B, num_tokens, D)
 
 
 def block_features(encoder: SemanticEncoder, img01: torch.Tensor, blocks: list[int]) -> list[torch.Tensor]:
@@ -116,4 +140,4 @@ def build_semantic_encoder(cfg: SemanticConfig) -> SemanticEncoder | None:
         path = str(Path(cfg.path).expanduser())
         vit = timm.create_model(cfg.timm_name, pretrained=True, pretrained_cfg_overlay={"file": path}, **kwargs)
         logger.info("semantic encoder %s loaded from %s", cfg.timm_name, path)
-    return SemanticEncoder(vit, cfg.block_index, cfg.input_size)
+    return SemanticEncoder(vit, cfg.block_index, cfg.input_size, getattr(cfg, "num_tokens", None))

@@ -26,6 +26,7 @@ from vosr.runtime.perf import StepTimer, memory_stats, peak_flops
 from vosr.runtime.preemption import EXIT_PREEMPTED, PreemptionFlag
 from vosr.runtime.safeload import CheckpointError, write_error
 from vosr.runtime.tracking import MetricsLogger, cut_metrics, setup_logging
+from vosr.training.conditioning import Extras
 from vosr.training.export import read_metadata, save_export
 from vosr.training.guard import RunError, RunLock, check_identity, config_identity, remove_leftovers
 from vosr.training.memory_plan import run_memory_plan
@@ -279,9 +280,12 @@ def _train_step(run: Run, data, timer: StepTimer) -> dict[str, float]:
         batch = next(data)
         hr = to_unit(batch["hr"].to(run.device, non_blocking=True))  # uint8 over the bus, normalised on the device
         timer.add_data(time.perf_counter() - t0)
-        z_hq, z_lq, sem, _ = run.parts.encode_pair(hr, run.generators["degradation"], autocast=engine.autocast)
+        z_hq, z_lq, sem, lr_up, scores = run.parts.encode_batch(hr, run.generators["degradation"],
+                                                                autocast=engine.autocast)
+        extra = {"extras": Extras(lr_up=lr_up, scores=scores)} if run.objective.uses_extras else {}
         with engine.autocast():
-            loss, stats = run.objective.loss(engine.forward_model(), z_hq, z_lq, sem, run.generators["objective"])
+            loss, stats = run.objective.loss(engine.forward_model(), z_hq, z_lq, sem, run.generators["objective"],
+                                             **extra)
         if distributed.any_rank(not bool(torch.isfinite(loss)), run.device):
             state.nonfinite += 1
             logger.warning("non-finite loss at step %d (%d so far): micro-batch skipped", state.step, state.nonfinite)

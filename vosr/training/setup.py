@@ -43,6 +43,8 @@ class Objective:
     guidance_grid: dict[str, SampleFn] = field(default_factory=dict)
     """Samplers drawn into a second validation sheet (``val/guidance_<step>.png``), one labelled column
     each (the teacher's ``flow.val_guidance_grid`` of (s_lr, s_sem) pairs); empty = no sheet."""
+    uses_extras: bool = False
+    """``loss`` takes ``extras=`` (``vosr.training.conditioning.Extras``: LR pixels, degradation scores)."""
 
 
 @dataclass(kw_only=True)
@@ -64,13 +66,20 @@ class FrozenParts:
         training a stochastic autoencoder draws its posterior with ``generator`` (see
         ``sample_posterior``).
         """
+        z_hq, z_lq, sem, lr_up, _ = self.encode_batch(hr, generator, train=train, autocast=autocast)
+        return z_hq, z_lq, sem, lr_up
+
+    @torch.no_grad()
+    def encode_batch(self, hr: torch.Tensor, generator: torch.Generator | None, *, train: bool = True,
+                     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        """``encode_pair`` plus the degradation scores (B, K) of each image (``vosr.data.degrade.SCORE_NAMES``)."""
         pair = self.degradation(hr, generator, train=train)
         posterior = generator if train and self.sample_posterior else None
         with autocast():
             z_hq = self.autoencoder.encode(hr, posterior).float()
             z_lq = self.autoencoder.encode(pair.lr_up, posterior).float()
             sem = self.semantic(pair.lr_up).float() if self.semantic is not None else None
-        return z_hq, z_lq, sem, pair.lr_up
+        return z_hq, z_lq, sem, pair.lr_up, pair.scores
 
 
 def latent_grid(cfg: RunConfig, parts: FrozenParts) -> int:
@@ -80,10 +89,14 @@ def latent_grid(cfg: RunConfig, parts: FrozenParts) -> int:
 
 def build_model(cfg: RunConfig, parts: FrozenParts, *, with_r: bool) -> nn.Module:
     """The transformer sized for the frozen parts' latent channels and semantic width."""
+    from vosr.models.conditioning import lr_unshuffle_factor
+
     model_cfg = dataclasses.replace(cfg.model, with_r=with_r)
     return build_dit(model_cfg, latent_channels=parts.autoencoder.latent_channels,
                      semantic_dim=parts.semantic.dim if parts.semantic is not None else None,
-                     input_size=latent_grid(cfg, parts))
+                     input_size=latent_grid(cfg, parts),
+                     lr_unshuffle=lr_unshuffle_factor(parts.autoencoder.downsample * cfg.model.patch_size,
+                                                      cfg.data.scale))
 
 
 def model_flops(model: nn.Module, cfg: RunConfig, parts: FrozenParts, forward_passes: float) -> float:

@@ -23,6 +23,7 @@ from vosr.method.flow import one_step, randn, sample_euler, sample_one_step
 from vosr.method.texture import gram_loss, vit_flops
 from vosr.models.semantic import block_features
 from vosr.models.weights import load_vosr_weights
+from vosr.training import conditioning
 from vosr.training.export import OMEGA_EMBEDDER_PREFIX, R_EMBEDDER_PREFIX, export_file, load_export
 from vosr.training.setup import FrozenParts, Objective, build_model, model_flops
 
@@ -54,12 +55,13 @@ def build_teacher_and_student(cfg: RunConfig, parts: FrozenParts,
                        teacher_cfg.model.preset, cfg.model.preset)
     teacher_cfg_run = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, with_omega=False))
     teacher = build_model(teacher_cfg_run, parts, with_r=False)
-    load_vosr_weights(teacher, weights)
+    # A teacher trained without a conditioning module gets it neutral (zero-initialised), as the student does.
+    load_vosr_weights(teacher, weights, allow_missing=conditioning.MODULE_PREFIXES)
     teacher.requires_grad_(False).eval()
     bf16 = device.type == "cuda" and cfg.engine.precision in ("bf16", "bf16_autocast")
     teacher.to(device, dtype=torch.bfloat16 if bf16 else None)
     student = build_model(student_config(cfg), parts, with_r=True)
-    load_vosr_weights(student, weights, allow_missing=STUDENT_ONLY_KEYS)
+    load_vosr_weights(student, weights, allow_missing=STUDENT_ONLY_KEYS + conditioning.MODULE_PREFIXES)
     return teacher, student
 
 
@@ -139,8 +141,18 @@ def student_objective(cfg: RunConfig, teacher: nn.Module, student: nn.Module, pa
     weights = {"lpips": dist.lpips_weight, "gram": dist.gram_weight}
 
     def loss(m: nn.Module, z_hq: torch.Tensor, z_lq: torch.Tensor, sem: torch.Tensor | None,
-             gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        total, stats = distill_loss(m, teacher, z_hq, z_lq, sem, flow, dist, gen)
+             gen: torch.Generator, extras: conditioning.Extras | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        if extras is None:
+            total, stats = distill_loss(m, teacher, z_hq, z_lq, sem, flow, dist, gen)
+        else:
+            bound = conditioning.bind(cfg, m, extras, gen, estimate=True)
+            bound_teacher = conditioning.bind(cfg, teacher, extras, train=False)
+            if isinstance(bound, conditioning.Bound) and isinstance(bound_teacher, conditioning.Bound):
+                bound_teacher.degradation = bound.degradation  # the same (dropped) scores for both
+            total, stats = distill_loss(bound, bound_teacher, z_hq, z_lq, sem, flow, dist, gen,
+                                        keep_map=conditioning.keep_map(cfg, extras, z_lq))
+            total, stats = conditioning.estimator_loss(cfg, bound, extras, total, stats)
+            m = bound
         if decoded is not None:
             extra = decoded(m, z_hq, z_lq, sem, gen)
             for name, value in extra.items():
@@ -156,6 +168,7 @@ def student_objective(cfg: RunConfig, teacher: nn.Module, student: nn.Module, pa
     return Objective(
         name="student",
         loss=loss,
+        uses_extras=conditioning.any_module(cfg),
         sample=lambda m, z_lq, sem, noise: sample_one_step(m, z_lq, sem, noise, omega),
         # The teacher row samples the velocity the student learns (omega, w of distill.*), so the grid
         # compares like with like; the teacher's own inference preset (flow.guidance) may differ.

@@ -20,6 +20,7 @@ from vosr.config import DataConfig, RunConfig
 from vosr.data.stream import build_val_stream, to_unit
 from vosr.evaluation import metrics
 from vosr.images import FLAT_DETAIL, detail_level, make_grid, pick_with_content
+from vosr.training.conditioning import Extras, bind
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ class Validator:
         # Fixed across the run and restarts; on the CPU, as the degradation requires (noise moved after).
         seed = cfg.seed + 12345
         gen = torch.Generator().manual_seed(seed)
-        _, self.z_lq, self.sem, self.lr_up = parts.encode_pair(hr, gen, train=False)
+        _, self.z_lq, self.sem, self.lr_up, scores = parts.encode_batch(hr, gen, train=False)
+        self.cfg, self.extras = cfg, Extras(lr_up=self.lr_up, scores=scores)  # for the conditioning modules
         # The same degradation again, for the LR itself (shown in the grid).
         self.lr = parts.degradation(hr, torch.Generator().manual_seed(seed), train=False).lr
         self.hr, self.parts, self.name = hr, parts, cfg.name
@@ -85,6 +87,8 @@ class Validator:
     def run(self, model: nn.Module, objective, step: int) -> tuple[dict[str, float], Path, np.ndarray]:
         """Sample with the objective's samplers; returns scalars, the grid's path and the grid."""
         samplers = {objective.name: objective.sample, **objective.extra_samplers}
+        if getattr(objective, "uses_extras", False):
+            model = bind(self.cfg, model, self.extras, train=False)
         outputs, scalars = {}, {}
         for name, sample in samplers.items():
             z0 = sample(model, self.z_lq, self.sem, self.noise).float()
