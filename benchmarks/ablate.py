@@ -7,7 +7,7 @@ Euler steps) and the student (1 step) and scores PSNR-Y, SSIM-Y and LPIPS. It wr
 ``ablate.md`` (the table, with seconds and parameters per arm) and ``ablate.png`` (bar charts)
 into ``--out``. A measurement, not a claim: nothing is asserted about which arm wins.
 
-    python benchmarks/ablate.py --quick          # shared 2-core CPU: the six arms in ~31 min measured (+ packing once)
+    python benchmarks/ablate.py --quick          # 2-core CPU: learn.py's recipe, 1000 + 200 steps, 128^2 held-out
     python benchmarks/ablate.py                  # GPU size: learn.py's GPU recipe per arm
 
 Arms: ``baseline`` (all off), ``dinov3`` (semantic tokens from a DINOv3 ViT through timm: random
@@ -91,8 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gpu = torch.cuda.is_available()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "ablate")
-    p.add_argument("--quick", action="store_true", help="learn.py's CPU size (300 + 100 steps, 256^2 held-out crops) "
-                   "on any device")
+    p.add_argument("--quick", action="store_true",
+                   help="learn.py's CPU recipe at 1000 + 200 steps and 128^2 held-out crops, on any device")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--teacher-steps", type=int, default=None)
     p.add_argument("--student-steps", type=int, default=None)
@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dinov3-name", default="vit_small_patch16_dinov3")
     args = p.parse_args(argv)
     # --quick = learn.py's CPU recipe (its steps and held-out crop) on any device; else learn.py's device defaults.
-    steps = (300, 100, 256) if args.quick or not gpu else (12000, 3000, 512)
+    steps = (1000, 200, 128) if args.quick or not gpu else (20000, 4000, 512)
     args.teacher_steps = steps[0] if args.teacher_steps is None else args.teacher_steps
     args.student_steps = steps[1] if args.student_steps is None else args.student_steps
     args.eval_crop = steps[2] if args.eval_crop is None else args.eval_crop
@@ -154,23 +154,34 @@ def train_arm(arm: str, args: argparse.Namespace, out: Path, log: Path) -> dict[
     import torch
 
     py = sys.executable
-    common = [f"data.train=[{{shards: '{out / 'shards'}'}}]", f"data.crop_size={args.crop}",
-              f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", "data.shuffle_buffer_mb=64",
-              f"model.hidden_size={args.width}", f"model.depth={args.depth}", f"model.num_heads={args.heads}",
-              "semantic.kind=none", f"autoencoder.pixel_unshuffle={args.unshuffle}",
-              "log.every_steps=50", "log.progress=false", "log.val_every=0", "seed=0", "checkpoint.resume=none",
-              "engine.precision=" + ("bf16" if torch.cuda.is_available() else "fp32"), "checkpoint.every_steps=100000",
-              *arm_overrides(arm, args)]
     arm_dir = out / arm
+    if hasattr(_LEARN, "RECIPES"):  # learn.py's recipe exactly, with this arm's switches and step counts
+        from dataclasses import replace
+
+        recipe = replace(_LEARN.RECIPES["gpu" if torch.cuda.is_available() and not args.quick else "cpu"],
+                         teacher_steps=args.teacher_steps, student_segments=(args.student_steps,))
+        common = [*_LEARN.common_overrides(recipe, out / "shards", 0), "checkpoint.resume=none",
+                  *arm_overrides(arm, args)]
+        teacher = [*_LEARN.teacher_overrides(recipe)]
+        student = [*_LEARN.student_overrides(recipe, arm_dir / "teacher"), f"optim.max_steps={args.student_steps}",
+                   "flow.sample_steps=25"]
+    else:
+        common = [f"data.train=[{{shards: '{out / 'shards'}'}}]", f"data.crop_size={args.crop}",
+                  f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", "data.shuffle_buffer_mb=64",
+                  f"model.hidden_size={args.width}", f"model.depth={args.depth}", f"model.num_heads={args.heads}",
+                  "semantic.kind=none", f"autoencoder.pixel_unshuffle={args.unshuffle}",
+                  "log.every_steps=50", "log.progress=false", "log.val_every=0", "seed=0", "checkpoint.resume=none",
+                  "engine.precision=" + ("bf16" if torch.cuda.is_available() else "fp32"),
+                  "checkpoint.every_steps=100000", *arm_overrides(arm, args)]
+        teacher = [f"optim.max_steps={args.teacher_steps}", f"optim.lr={args.lr}", "optim.ema_decay=0.999",
+                   f"optim.warmup_steps={min(100, args.teacher_steps // 4)}"]
+        student = [f"distill.teacher={arm_dir / 'teacher'}", f"optim.max_steps={args.student_steps}",
+                   f"optim.lr={args.lr / 2}", "optim.ema_decay=0.999", "flow.sample_steps=25",
+                   f"distill.guidance={args.guidance}"]
     times = {"teacher": run([py, "-m", "vosr.train", "--config", "configs/tiny.yaml", *common,
-                             f"run_dir={arm_dir / 'teacher'}", f"optim.max_steps={args.teacher_steps}",
-                             f"optim.lr={args.lr}", "optim.ema_decay=0.999",
-                             f"optim.warmup_steps={min(100, args.teacher_steps // 4)}"], log)}
+                             f"run_dir={arm_dir / 'teacher'}", *teacher], log)}
     times["student"] = run([py, "-m", "vosr.distill", "--config", "configs/tiny_distill.yaml", *common,
-                            f"run_dir={arm_dir / 'student'}", f"distill.teacher={arm_dir / 'teacher'}",
-                            f"optim.max_steps={args.student_steps}", f"optim.lr={args.lr / 2}",
-                            "optim.ema_decay=0.999", "flow.sample_steps=25", f"distill.guidance={args.guidance}"],
-                           log)
+                            f"run_dir={arm_dir / 'student'}", *student], log)
     return times
 
 
@@ -199,7 +210,9 @@ def prepare(args: argparse.Namespace, out: Path, log: Path) -> list[tuple]:
     from data_tools.photos import wallpaper_dirs, write_heldout
 
     py = sys.executable
-    if not (out / "shards").exists():
+    if hasattr(_LEARN, "pack"):  # learn.py's shards (multi-scale wallpapers)
+        _LEARN.pack(out, log)
+    elif not (out / "shards").exists():
         run([py, "data_tools/pack.py", *map(str, wallpaper_dirs()), "--out", str(out / "shards"), "--min-size", "512",
              "--crop-size", "1024", "--format", "jpg", "--quality", "95", "--max-samples", "128",
              "--workers", str(max(1, min(8, os.cpu_count() or 1))), "--no-progress"], log)
