@@ -18,6 +18,8 @@ TEACHER_STEPS=${VOSR_DEMO_TEACHER_STEPS:-1500}
 STUDENT_STEPS=${VOSR_DEMO_STUDENT_STEPS:-300}
 export WANDB_MODE=${WANDB_MODE:-offline} HF_HUB_OFFLINE=1 DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
 export WANDB_SILENT=true
+# One torch thread beside the one data worker: on a 2-core machine more threads only spin against each other.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 stage() { echo; echo "=== $* ==="; }
 
