@@ -7,7 +7,7 @@ Euler steps) and the student (1 step) and scores PSNR-Y, SSIM-Y and LPIPS. It wr
 ``ablate.md`` (the table, with seconds and parameters per arm) and ``ablate.png`` (bar charts)
 into ``--out``. A measurement, not a claim: nothing is asserted about which arm wins.
 
-    python benchmarks/ablate.py --quick          # 2-core CPU: learn.py's recipe, 1000 + 200 steps, 128^2 held-out
+    python benchmarks/ablate.py --quick          # 2-core CPU: learn.py's recipe, 600 + 150 steps, 128^2 held-out
     python benchmarks/ablate.py                  # GPU size: learn.py's GPU recipe per arm
 
 Arms: ``baseline`` (all off), ``dinov3`` (semantic tokens from a DINOv3 ViT through timm: random
@@ -38,6 +38,7 @@ def _learn_module():
     if spec is None or spec.loader is None:
         return None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     try:
         spec.loader.exec_module(module)
     except Exception:  # noqa: BLE001 (a learn.py mid-rewrite must not break the ablation)
@@ -92,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "ablate")
     p.add_argument("--quick", action="store_true",
-                   help="learn.py's CPU recipe at 1000 + 200 steps and 128^2 held-out crops, on any device")
+                   help="learn.py's CPU recipe at 600 + 150 steps and 128^2 held-out crops, on any device")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--teacher-steps", type=int, default=None)
     p.add_argument("--student-steps", type=int, default=None)
@@ -111,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dinov3-name", default="vit_small_patch16_dinov3")
     args = p.parse_args(argv)
     # --quick = learn.py's CPU recipe (its steps and held-out crop) on any device; else learn.py's device defaults.
-    steps = (1000, 200, 128) if args.quick or not gpu else (20000, 4000, 512)
+    steps = (600, 150, 128) if args.quick or not gpu else (20000, 4000, 512)
     args.teacher_steps = steps[0] if args.teacher_steps is None else args.teacher_steps
     args.student_steps = steps[1] if args.student_steps is None else args.student_steps
     args.eval_crop = steps[2] if args.eval_crop is None else args.eval_crop
