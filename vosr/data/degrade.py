@@ -446,6 +446,6 @@ class RealESRGANDegradation:
             plain = torch.nonzero(torch.rand(b, generator=generator) < self.cfg.bicubic_prob).flatten()
             if len(plain):
                 plain = plain.to(hr.device)
-                lr[plain] = _interpolate(hr[plain].float(), lr_size, "bicubic", antialias=True).to(lr.dtype)
+                lr[plain] = downsample_bicubic(hr[plain].float(), self.cfg.scale).to(lr.dtype)
                 scores[plain] = 0.0  # no blur, noise or JPEG: every degradation absent
         return DegradedPair(lr=quantise(lr), lr_up=self._upsample(lr, (h, w), train, generator), scores=scores)
