@@ -22,9 +22,9 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,35 +33,21 @@ if str(REPO) not in sys.path:
 
 
 def _learn_module():
-    """``benchmarks/learn.py`` as a module (its stage helpers are reused by name when present)."""
+    """``benchmarks/learn.py`` as a module: the recipe and the stage helpers every arm shares (no copy here)."""
     spec = importlib.util.spec_from_file_location("_vosr_learn", REPO / "benchmarks" / "learn.py")
-    if spec is None or spec.loader is None:
-        return None
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
-    except Exception:  # noqa: BLE001 (a learn.py mid-rewrite must not break the ablation)
-        return None
+    spec.loader.exec_module(module)
     return module
 
 
-_LEARN = _learn_module()
+learn = _learn_module()
+run = learn.run
 
 
-def _run_local(cmd: list[str], log: Path) -> float:
-    """Run a stage, its output appended to ``log``; returns seconds; raises with the log's tail on failure."""
-    t0 = time.perf_counter()
-    with open(log, "a") as f:
-        f.write(f"\n$ {' '.join(cmd)}\n")
-        f.flush()
-        code = subprocess.call(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
-    if code != 0:
-        raise SystemExit(f"stage failed ({code}): {' '.join(cmd)}\n" + log.read_text()[-3000:])
-    return time.perf_counter() - t0
-
-
-def _bicubic_local(lr_dir: Path, out: Path) -> None:
+def bicubic_folder(lr_dir: Path, out: Path) -> None:
+    """The bicubic ×4 baseline of every LR image in ``lr_dir`` as PNGs in ``out``."""
     from vosr.data.degrade import upsample_lr
     from vosr.images import list_images, read_image, save_image, to_tensor, to_uint8
 
@@ -69,9 +55,6 @@ def _bicubic_local(lr_dir: Path, out: Path) -> None:
         lr = to_tensor(read_image(path).rgb)
         save_image(out / f"{path.stem}.png", to_uint8(upsample_lr(lr, (lr.shape[-2] * 4, lr.shape[-1] * 4))))
 
-
-run = getattr(_LEARN, "run", _run_local)
-bicubic_folder = getattr(_LEARN, "bicubic_folder", _bicubic_local)
 
 DINOV3 = ["semantic.kind=timm", "semantic.timm_name=vit_small_patch16_dinov3", "semantic.block_index=1",
           "semantic.input_size=64", "semantic.timm_kwargs={depth: 2, embed_dim: 64, num_heads: 2}"]
@@ -97,25 +80,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--teacher-steps", type=int, default=None)
     p.add_argument("--student-steps", type=int, default=None)
-    p.add_argument("--width", type=int, default=384 if gpu else 64)
-    p.add_argument("--depth", type=int, default=12 if gpu else 2)
-    p.add_argument("--heads", type=int, default=6 if gpu else 2)
-    p.add_argument("--unshuffle", type=int, default=4 if gpu else 2)
-    p.add_argument("--crop", type=int, default=256 if gpu else 64)
-    p.add_argument("--batch", type=int, default=32 if gpu else 8)
-    p.add_argument("--lr", type=float, default=3e-4 if gpu else 2e-3)
-    p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--eval-crop", type=int, default=None)
-    p.add_argument("--workers", type=int, default=6 if gpu else 1)
     p.add_argument("--dinov3-path", default=None, help="local DINOv3 weights for the dinov3/degradation arms "
                    "(with --dinov3-name); default: a random tiny DINOv3")
     p.add_argument("--dinov3-name", default="vit_small_patch16_dinov3")
+    p.add_argument("recipe", nargs="*", metavar="FIELD=VALUE",
+                   help="override a field of learn.py's recipe, as learn.py takes it (e.g. width=96)")
     args = p.parse_args(argv)
     # --quick = learn.py's CPU recipe (its steps and held-out crop) on any device; else learn.py's device defaults.
     steps = (600, 150, 128) if args.quick or not gpu else (20000, 4000, 512)
     args.teacher_steps = steps[0] if args.teacher_steps is None else args.teacher_steps
     args.student_steps = steps[1] if args.student_steps is None else args.student_steps
     args.eval_crop = steps[2] if args.eval_crop is None else args.eval_crop
+    base = learn.RECIPES["gpu" if gpu and not args.quick else "cpu"]
+    args.recipe = replace(learn.override(base, args.recipe), teacher_steps=args.teacher_steps,
+                          student_segments=(args.student_steps,), eval_crop=args.eval_crop)
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         p.error(f"unknown arms {sorted(unknown)}; choose from {','.join(ARMS)}")
@@ -151,34 +130,14 @@ def _numel(shape) -> int:
 
 
 def train_arm(arm: str, args: argparse.Namespace, out: Path, log: Path) -> dict[str, float]:
-    """Teacher and student of one arm; returns stage seconds."""
-    import torch
-
+    """Teacher and student of one arm; returns stage CPU seconds."""
     py = sys.executable
     arm_dir = out / arm
-    if hasattr(_LEARN, "RECIPES"):  # learn.py's recipe exactly, with this arm's switches and step counts
-        from dataclasses import replace
-
-        recipe = replace(_LEARN.RECIPES["gpu" if torch.cuda.is_available() and not args.quick else "cpu"],
-                         teacher_steps=args.teacher_steps, student_segments=(args.student_steps,))
-        common = [*_LEARN.common_overrides(recipe, out / "shards", 0), "checkpoint.resume=none",
-                  *arm_overrides(arm, args)]
-        teacher = [*_LEARN.teacher_overrides(recipe)]
-        student = [*_LEARN.student_overrides(recipe, arm_dir / "teacher"), f"optim.max_steps={args.student_steps}",
-                   "flow.sample_steps=25"]
-    else:
-        common = [f"data.train=[{{shards: '{out / 'shards'}'}}]", f"data.crop_size={args.crop}",
-                  f"data.batch_size={args.batch}", f"data.num_workers={args.workers}", "data.shuffle_buffer_mb=64",
-                  f"model.hidden_size={args.width}", f"model.depth={args.depth}", f"model.num_heads={args.heads}",
-                  "semantic.kind=none", f"autoencoder.pixel_unshuffle={args.unshuffle}",
-                  "log.every_steps=50", "log.progress=false", "log.val_every=0", "seed=0", "checkpoint.resume=none",
-                  "engine.precision=" + ("bf16" if torch.cuda.is_available() else "fp32"),
-                  "checkpoint.every_steps=100000", *arm_overrides(arm, args)]
-        teacher = [f"optim.max_steps={args.teacher_steps}", f"optim.lr={args.lr}", "optim.ema_decay=0.999",
-                   f"optim.warmup_steps={min(100, args.teacher_steps // 4)}"]
-        student = [f"distill.teacher={arm_dir / 'teacher'}", f"optim.max_steps={args.student_steps}",
-                   f"optim.lr={args.lr / 2}", "optim.ema_decay=0.999", "flow.sample_steps=25",
-                   f"distill.guidance={args.guidance}"]
+    recipe = args.recipe
+    common = [*learn.common_overrides(recipe, out / "shards", 0), "checkpoint.resume=none", *arm_overrides(arm, args)]
+    teacher = learn.teacher_overrides(recipe)
+    student = [*learn.student_overrides(recipe, arm_dir / "teacher"), f"optim.max_steps={args.student_steps}",
+               "flow.sample_steps=25"]
     times = {"teacher": run([py, "-m", "vosr.train", "--config", "configs/tiny.yaml", *common,
                              f"run_dir={arm_dir / 'teacher'}", *teacher], log)}
     times["student"] = run([py, "-m", "vosr.distill", "--config", "configs/tiny_distill.yaml", *common,
@@ -196,7 +155,7 @@ def score_arm(arm: str, args: argparse.Namespace, out: Path, log: Path) -> tuple
             cmd = [py, "-m", "vosr.infer", "-c", str(out / arm / who / "ema.safetensors"), "-i", str(evalset / "LR"),
                    "-o", str(pred), "--steps", str(steps), "--seed", "0", "--overwrite"]
             if who == "teacher":
-                cmd += ["--guidance", str(args.guidance)]
+                cmd += ["--guidance", str(args.recipe.guidance)]
             times[f"infer_{who}_{protocol}"] = run(cmd, log)
             report = out / arm / f"report_{who}_{protocol}"
             run([py, "-m", "vosr.evaluate", "score", "--pred", str(pred), "--gt", str(evalset / "HR"),
@@ -208,15 +167,10 @@ def score_arm(arm: str, args: argparse.Namespace, out: Path, log: Path) -> tuple
 
 def prepare(args: argparse.Namespace, out: Path, log: Path) -> list[tuple]:
     """Pack the wallpapers, build the held-out sets, score bicubic (shared by every arm)."""
-    from data_tools.photos import wallpaper_dirs, write_heldout
+    from data_tools.photos import write_heldout
 
     py = sys.executable
-    if hasattr(_LEARN, "pack"):  # learn.py's shards (multi-scale wallpapers)
-        _LEARN.pack(out, log)
-    elif not (out / "shards").exists():
-        run([py, "data_tools/pack.py", *map(str, wallpaper_dirs()), "--out", str(out / "shards"), "--min-size", "512",
-             "--crop-size", "1024", "--format", "jpg", "--quality", "95", "--max-samples", "128",
-             "--workers", str(max(1, min(8, os.cpu_count() or 1))), "--no-progress"], log)
+    learn.pack(out, log)  # learn.py's shards (multi-scale wallpapers)
     write_heldout(out / "heldout")
     rows = []
     for protocol in ("realesrgan", "bicubic"):
@@ -283,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     log = out / "ablate.log"
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     arms = args.arms.split(",")
-    print(f"# ablate: arms {arms}; teacher {args.depth}x{args.width}, {args.teacher_steps} + {args.student_steps} "
-          f"steps at batch {args.batch}, {args.crop}^2 crops, held-out {args.eval_crop}^2, on {device}; log {log}",
-          flush=True)
+    print(f"# ablate: arms {arms}; learn.py recipe {args.recipe}, on {device}; log {log}", flush=True)
     t0 = time.perf_counter()
     rows = prepare(args, out, log)
     seconds, params = {}, {}
