@@ -64,9 +64,10 @@ class Recipe:
     workers: int
     prediction: str = "x_residual"
     """``model.prediction``: a small pixel-space model outputs x0 as a residual over its LR condition."""
-    bicubic_prob: float = 0.5
-    """``degradation.bicubic_prob``: the share of plain bicubic LR images among the Real-ESRGAN ones (a small
-    model that cannot tell a clean LR from a degraded one "corrects" clean LR images it should trust)."""
+    bicubic_prob: float = 0.7
+    """``degradation.bicubic_prob``: the share of plain bicubic LR images among the Real-ESRGAN ones. A small
+    model that cannot tell a clean LR from a degraded one "corrects" the low frequencies of clean LR images
+    it should trust; with more clean images its 25-step samples improve on both held-out sets."""
     cond_noise_mean: float = 7.0
     """``flow.cond_noise_mean``: keep ratio a = sigmoid(N(7, 1)), condition noise std ~0.04 on [-1, 1]
     pixels; the reference's N(5, 1) (std ~0.12) is sized for unit-variance VAE latents and, in pixel

@@ -36,12 +36,13 @@ stage "2/6 stream + degrade: LR | LR upsampled | HR pairs"
 # Small but real: pixel space (no pretrained autoencoder; 4x4 space-to-depth), a width-64 transformer
 # that predicts x0 as a residual over its LR condition (model.prediction=x_residual: a token narrower
 # than its 8x8 pixels still passes the LR's detail through), a random-weight DINOv2-shaped encoder,
-# 64-px HR crops -> 16-px LR, the Real-ESRGAN degradation with 30% plain bicubic LR images, one
-# process with DeepSpeed.
+# 64-px HR crops -> 16-px LR, the Real-ESRGAN degradation with 70% plain bicubic LR images, condition
+# noise sized for pixels (flow.cond_noise_mean=7), guidance s = 2 for the teacher and the student it
+# teaches (benchmarks/learn.py's CPU recipe, README: what to expect), one process with DeepSpeed.
 COMMON=("data.train=[{shards: '$OUT/shards'}]" data.crop_size=64 data.batch_size=8 data.num_workers=1
         data.shuffle_buffer_mb=4 data.crops_per_image=16 data.val="$OUT/shards" data.val_size=4
         log.every_steps=100 checkpoint.every_steps=500 autoencoder.pixel_unshuffle=4
-        model.prediction=x_residual degradation.bicubic_prob=0.3)
+        model.prediction=x_residual degradation.bicubic_prob=0.7 flow.cond_noise_mean=7 flow.guidance=2.0)
 
 stage "3/6 teacher: flow matching with partial conditioning ($TEACHER_STEPS steps)"
 "$PY" -m vosr.train --config configs/tiny.yaml "${COMMON[@]}" run_dir="$OUT/teacher" \
@@ -51,14 +52,14 @@ stage "3/6 teacher: flow matching with partial conditioning ($TEACHER_STEPS step
 stage "4/6 distil the teacher into a one-step student ($STUDENT_STEPS steps)"
 "$PY" -m vosr.distill --config configs/tiny_distill.yaml "${COMMON[@]}" run_dir="$OUT/student" \
   distill.teacher="$OUT/teacher" optim.max_steps="$STUDENT_STEPS" optim.lr=1e-4 optim.ema_decay=0.999 \
-  distill.guidance=1.0 log.val_every="$STUDENT_STEPS"
+  distill.guidance=2.0 log.val_every="$STUDENT_STEPS"
 
 stage "5/6 upscale held-out photos (scikit-image + sporco, never trained on) x4"
 "$PY" data_tools/photos.py heldout --out "$OUT/heldout"
 "$PY" -m vosr.evaluate make-set --hr "$OUT/heldout" --out "$OUT/evalset" --protocol realesrgan --crop 256 --seed 0
 "$PY" -m vosr.infer -c "$OUT/student/ema.safetensors" -i "$OUT/evalset/LR" -o "$OUT/sr_student" --steps 1
 "$PY" -m vosr.infer -c "$OUT/teacher/ema.safetensors" -i "$OUT/evalset/LR" -o "$OUT/sr_teacher" --steps 25 \
-  --guidance 1.0
+  --guidance 2.0
 "$PY" - "$OUT/evalset/LR" "$OUT/sr_bicubic" <<'PY'
 import sys
 from pathlib import Path
