@@ -12,7 +12,7 @@
    export, through the inference pipeline ``vosr.infer`` uses (PSNR/SSIM on Y, border 4; LPIPS);
    print the table, write ``results.json`` and ``learn.png`` (LPIPS against distillation steps).
 
-    python benchmarks/learn.py                 # CPU: the recipe below, ~700 CPU-s (README: what to expect)
+    python benchmarks/learn.py                 # CPU: the recipe below, ~480 CPU-s (README: what to expect)
     python benchmarks/learn.py --size gpu      # the same recipe at GPU size (the default on a CUDA machine)
 
 Every training stage is the user-facing command run as a subprocess; all outputs stay in ``--out``.
