@@ -93,8 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.student_steps = steps[1] if args.student_steps is None else args.student_steps
     args.eval_crop = steps[2] if args.eval_crop is None else args.eval_crop
     base = learn.RECIPES["gpu" if gpu and not args.quick else "cpu"]
-    args.recipe = replace(learn.override(base, args.recipe), teacher_steps=args.teacher_steps,
-                          student_segments=(args.student_steps,), eval_crop=args.eval_crop)
+    # FIELD=VALUE items are applied last, so an explicit recipe field is never silently replaced by a flag default.
+    args.recipe = learn.override(replace(base, teacher_steps=args.teacher_steps, student_segments=(args.student_steps,),
+                                         eval_crop=args.eval_crop), args.recipe)
     unknown = set(args.arms.split(",")) - set(ARMS)
     if unknown:
         p.error(f"unknown arms {sorted(unknown)}; choose from {','.join(ARMS)}")
@@ -136,7 +137,7 @@ def train_arm(arm: str, args: argparse.Namespace, out: Path, log: Path) -> dict[
     recipe = args.recipe
     common = [*learn.common_overrides(recipe, out / "shards", 0), "checkpoint.resume=none", *arm_overrides(arm, args)]
     teacher = learn.teacher_overrides(recipe)
-    student = [*learn.student_overrides(recipe, arm_dir / "teacher"), f"optim.max_steps={args.student_steps}",
+    student = [*learn.student_overrides(recipe, arm_dir / "teacher"), f"optim.max_steps={recipe.student_segments[-1]}",
                "flow.sample_steps=25"]
     times = {"teacher": run([py, "-m", "vosr.train", "--config", "configs/tiny.yaml", *common,
                              f"run_dir={arm_dir / 'teacher'}", *teacher], log)}
